@@ -1,0 +1,127 @@
+"""Exact and fuzzy (MinHash-LSH) deduplication on Ray Data.
+
+Exact: documents sharing a content hash (case/whitespace-normalized sha1) are grouped
+by a Ray Data groupby (a distributed shuffle); all but the smallest id are dropped.
+
+Fuzzy, FineWeb's recipe (word 5-grams, 14 bands x 8 hashes by default):
+1. `MinHasher.band_rows`: per batch, each document's MinHash signature is cut into
+   bands and each band hashed to one 64-bit key -> rows (band, key, id). Signatures
+   live only inside the batch that computes them; no process holds the corpus's.
+2. A groupby on (band, key) puts colliding documents together; each group emits
+   star edges (smallest id -> every other id): the candidate pairs.
+3. Connected components over the edges (scipy, on the driver: only duplicate
+   documents have edges, so this is a small fraction of the corpus) give clusters;
+   the smallest id of each cluster is kept, the others are dropped.
+
+    hasher = MinHasher(DedupConfig())
+    hasher.signature("some text ...")           # uint32[num_buckets * hashes_per_bucket]
+    clusters = minhash_clusters(ds, DedupConfig(), num_partitions=4)  # pyarrow (id, cluster_id)
+"""
+
+from __future__ import annotations
+
+import re
+
+import mmh3
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import ray.data
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from raylm.config import DedupConfig
+
+_WORDS = re.compile(r"\w+")
+_CHUNK = 4096  # shingles hashed at once; bounds memory for very long documents
+
+
+def shingles(text: str, ngram_size: int) -> set[str]:
+    """Word n-grams of the lowercased text with punctuation removed."""
+    words = _WORDS.findall(text.lower())
+    if len(words) < ngram_size:
+        return {" ".join(words)} if words else set()
+    return {" ".join(words[i:i + ngram_size]) for i in range(len(words) - ngram_size + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+class MinHasher:
+    """MinHash signatures with multiply-shift hashing: h_i(x) = (a_i * x + b_i) mod 2^64 >> 32."""
+
+    def __init__(self, cfg: DedupConfig):
+        self.cfg = cfg
+        self.num_hashes = cfg.num_buckets * cfg.hashes_per_bucket
+        rng = np.random.default_rng(cfg.seed)
+        self.a = rng.integers(1, 2**63, size=self.num_hashes, dtype=np.uint64) | np.uint64(1)  # odd multipliers
+        self.b = rng.integers(0, 2**63, size=self.num_hashes, dtype=np.uint64)
+
+    def signature(self, text: str) -> np.ndarray:
+        grams = shingles(text, self.cfg.ngram_size)
+        hashed = np.fromiter((mmh3.hash64(g, signed=False)[0] for g in grams), dtype=np.uint64, count=len(grams))
+        signature = np.full(self.num_hashes, np.iinfo(np.uint32).max, dtype=np.uint64)
+        for start in range(0, len(hashed), _CHUNK):
+            chunk = hashed[start:start + _CHUNK, None]
+            with np.errstate(over="ignore"):  # wrap-around is the hash function
+                permuted = (chunk * self.a + self.b) >> np.uint64(32)
+            np.minimum(signature, permuted.min(axis=0), out=signature)
+        return signature.astype(np.uint32)
+
+    def band_keys(self, signature: np.ndarray) -> list[int]:
+        bands = signature.reshape(self.cfg.num_buckets, self.cfg.hashes_per_bucket)
+        return [mmh3.hash64(band.tobytes(), signed=True)[0] for band in bands]
+
+    def band_rows(self, batch: pa.Table) -> pa.Table:
+        """(id, text) batch -> (band, key, id) rows, num_buckets per document."""
+        bands, keys, ids = [], [], []
+        for doc_id, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
+            for band, key in enumerate(self.band_keys(self.signature(text))):
+                bands.append(band)
+                keys.append(key)
+                ids.append(doc_id)
+        return pa.table({"band": pa.array(bands, pa.int16()), "key": pa.array(keys, pa.int64()),
+                         "id": pa.array(ids, pa.string())})
+
+
+def _star_edges(group: pd.DataFrame) -> pd.DataFrame:
+    ids = sorted(set(group["id"]))
+    return pd.DataFrame({"src": [ids[0]] * (len(ids) - 1), "dst": ids[1:]}, dtype="string")
+
+
+def components(src: np.ndarray, dst: np.ndarray) -> pa.Table:
+    """Edges -> (id, cluster_id) for every document with an edge; cluster_id is the smallest id."""
+    if len(src) == 0:
+        return pa.table({"id": pa.array([], pa.string()), "cluster_id": pa.array([], pa.string())})
+    ids, index = np.unique(np.concatenate([src, dst]), return_inverse=True)
+    m = len(src)
+    graph = coo_matrix((np.ones(m, dtype=np.int8), (index[:m], index[m:])), shape=(len(ids), len(ids)))
+    _, labels = connected_components(graph, directed=False)
+    _, first = np.unique(labels, return_index=True)  # ids are sorted: first member = smallest id
+    return pa.table({"id": pa.array(ids, pa.string()), "cluster_id": pa.array(ids[first[labels]], pa.string())})
+
+
+def minhash_clusters(docs: ray.data.Dataset, cfg: DedupConfig, num_partitions: int) -> pa.Table:
+    """Near-duplicate clusters of a (id, text) dataset, as (id, cluster_id) rows."""
+    hasher = MinHasher(cfg)
+    band_rows = docs.select_columns(["id", "text"]).map_batches(hasher.band_rows, batch_format="pyarrow")
+    edges = band_rows.groupby(["band", "key"], num_partitions=num_partitions).map_groups(
+        _star_edges, batch_format="pandas")
+    src, dst = [], []
+    for batch in edges.iter_batches(batch_format="pyarrow", batch_size=65_536):
+        src.append(batch.column("src").to_numpy(zero_copy_only=False))
+        dst.append(batch.column("dst").to_numpy(zero_copy_only=False))
+    src = np.concatenate(src).astype(str) if src else np.array([], dtype=str)
+    dst = np.concatenate(dst).astype(str) if dst else np.array([], dtype=str)
+    return components(src, dst)
+
+
+def _drop_all_but_first(group: pd.DataFrame) -> pd.DataFrame:
+    return group.sort_values("id").iloc[1:]
+
+
+def exact_duplicates(docs: ray.data.Dataset, num_partitions: int) -> ray.data.Dataset:
+    """Rows (id, url, num_chars) of documents whose content hash an earlier (smaller) id has."""
+    return docs.select_columns(["id", "url", "num_chars", "content_hash"]).groupby(
+        "content_hash", num_partitions=num_partitions).map_groups(_drop_all_but_first, batch_format="pandas")

@@ -1,0 +1,131 @@
+"""The data step on Ray Data: raw crawl in, clean deduplicated corpus + removal log out.
+
+    raylm data --input raylm/sample/crawl --output /tmp/clean     # or as part of `raylm run`
+
+Stages (each a Ray Data job; intermediate results are parquet in the work folder,
+so no stage needs the corpus in memory):
+1. read + clean   WARC/JSONL/parquet -> Cleaner actors (URL blocklist, extraction,
+                  FineWeb filters) -> _cleaned/*.parquet with step/reason per document
+2. exact dedup    groupby(content_hash)
+3. MinHash dedup  band rows -> groupby(band, key) -> edges -> connected components
+4. write          anti-joins drop duplicates, PII scrub, kept/*.parquet + removed/*.parquet
+Then stats.json and funnel.png (documents and characters left after each step).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import ray.data
+from datatrove.pipeline.formatters import PIIFormatter
+from ray.data.expressions import col
+
+from raylm.config import DataConfig, PiiConfig
+from raylm.data.clean import Cleaner
+from raylm.data.dedup import exact_duplicates, minhash_clusters
+from raylm.data.readers import InputError, read_documents
+from raylm.data.report import write_report
+
+KEPT_COLUMNS = ["id", "url", "text", "language_score", "cluster_id"]
+REMOVED_COLUMNS = ["id", "url", "step", "reason", "num_chars"]
+
+
+class EmptyCorpusError(InputError):
+    """The input held no documents (or nothing survived): nothing to write."""
+
+
+def scrub_pii(batch: pa.Table, cfg: PiiConfig) -> pa.Table:
+    """Replace e-mail addresses and public IP addresses (datatrove's PIIFormatter)."""
+    formatter = PIIFormatter(remove_emails=cfg.emails, remove_ips=cfg.ips)
+    texts = [formatter.format(t) for t in batch.column("text").to_pylist()]
+    return batch.set_column(batch.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
+
+
+def _with_cluster_id(batch: pa.Table) -> pa.Table:
+    """Documents outside every near-duplicate cluster are a cluster of one."""
+    cluster = pc.coalesce(batch.column("cluster_id"), batch.column("id"))
+    return batch.set_column(batch.schema.get_field_index("cluster_id"), "cluster_id", cluster)
+
+
+def _removed_rows(ds: ray.data.Dataset, step: str, reason: str) -> ray.data.Dataset:
+    def label(batch: pa.Table) -> pa.Table:
+        n = len(batch)
+        return pa.table({"id": batch.column("id"), "url": batch.column("url"),
+                         "step": pa.array([step] * n, pa.string()), "reason": pa.array([reason] * n, pa.string()),
+                         "num_chars": batch.column("num_chars").cast(pa.int64())})
+    return ds.map_batches(label, batch_format="pyarrow")
+
+
+def _log(message: str) -> None:
+    print(f"[data] {message}", flush=True)
+
+
+def run_data(cfg: DataConfig, out_dir: Path) -> dict:
+    """Run the whole data step into `out_dir`; returns the metrics for the manifest."""
+    out_dir = Path(out_dir)
+    timings: dict[str, float] = {}
+    parts = max(1, int(ray.available_resources().get("CPU", 1)))
+
+    t = time.time()
+    _log(f"1/4 read + clean: {', '.join(cfg.input)} (extractor={cfg.extractor}, {cfg.num_workers} actors)")
+    work = out_dir / "_cleaned"
+    read_documents(cfg.input, rows_per_block=cfg.batch_size).map_batches(
+        Cleaner, fn_constructor_args=(cfg,), batch_format="pyarrow", batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_workers),
+    ).write_parquet(str(work))
+    cleaned = ray.data.read_parquet(str(work))
+    kept = cleaned.filter(expr=col("step").is_null()).drop_columns(["step", "reason"]).materialize()
+    timings["clean"] = time.time() - t
+    num_read = cleaned.count()
+    if num_read == 0:
+        raise EmptyCorpusError(f"no documents found in {', '.join(cfg.input)}")
+
+    t = time.time()
+    removed = [cleaned.filter(expr=col("step").is_not_null()).select_columns(REMOVED_COLUMNS)]
+    if cfg.dedup.exact and kept.count():
+        _log("2/4 exact dedup: groupby(content_hash)")
+        exact = exact_duplicates(kept, parts).materialize()
+        removed.append(_removed_rows(exact, "exact_dedup", "exact_duplicate"))
+        kept = kept.join(exact.select_columns(["id"]), "left_anti", parts, on=("id",)).materialize()
+    timings["exact_dedup"] = time.time() - t
+
+    t = time.time()
+    clusters = pa.table({"id": pa.array([], pa.string()), "cluster_id": pa.array([], pa.string())})
+    if cfg.dedup.minhash and kept.count():
+        _log(f"3/4 MinHash dedup: {cfg.dedup.ngram_size}-grams, "
+             f"{cfg.dedup.num_buckets} bands x {cfg.dedup.hashes_per_bucket} hashes")
+        clusters = minhash_clusters(kept, cfg.dedup, parts)
+    dropped = clusters.filter(pc.not_equal(clusters.column("id"), clusters.column("cluster_id")))
+    if len(dropped):
+        near = kept.join(ray.data.from_arrow(dropped.select(["id"])), "left_semi", parts, on=("id",))
+        removed.append(_removed_rows(near, "minhash_dedup", "near_duplicate"))
+        kept = kept.join(ray.data.from_arrow(dropped.select(["id"])), "left_anti", parts, on=("id",))
+    timings["minhash_dedup"] = time.time() - t
+
+    t = time.time()
+    _log("4/4 PII scrub + write kept/ and removed/")
+    if len(clusters):
+        kept = kept.join(ray.data.from_arrow(clusters), "left_outer", parts, on=("id",))
+    else:
+        kept = kept.map_batches(lambda b: b.append_column("cluster_id", pa.nulls(len(b), pa.string())),
+                                batch_format="pyarrow")
+    kept = kept.map_batches(_with_cluster_id, batch_format="pyarrow")
+    if cfg.pii.emails or cfg.pii.ips:
+        kept = kept.map_batches(scrub_pii, fn_args=(cfg.pii,), batch_format="pyarrow")
+    kept.select_columns(KEPT_COLUMNS).write_parquet(str(out_dir / "kept"))
+    removed_log = removed[0].union(*removed[1:]) if len(removed) > 1 else removed[0]
+    removed_log.write_parquet(str(out_dir / "removed"))
+    shutil.rmtree(work)
+    timings["write"] = time.time() - t
+
+    stats = write_report(out_dir, timings)
+    if stats["kept_documents"] == 0:
+        raise EmptyCorpusError("every document was removed; see removed/ and stats.json for why")
+    _log(f"kept {stats['kept_documents']} of {stats['input_records']} records "
+         f"({stats['kept_characters']:,} characters); stats in {out_dir / 'stats.json'}")
+    return stats

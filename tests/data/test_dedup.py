@@ -1,0 +1,66 @@
+"""MinHash-LSH finds planted near-duplicates (Jaccard >= 0.8) and keeps distinct documents."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from raylm.config import DedupConfig
+from raylm.data.dedup import MinHasher, components, jaccard, minhash_clusters, shingles
+
+VOCAB = [f"w{i}" for i in range(5000)]
+
+
+def document(rng: random.Random, num_words: int = 300) -> str:
+    return " ".join(rng.choice(VOCAB) for _ in range(num_words))
+
+
+def edit(text: str, rng: random.Random, num_edits: int) -> str:
+    words = text.split()
+    for i in rng.sample(range(len(words)), num_edits):
+        words[i] = rng.choice(VOCAB)
+    return " ".join(words)
+
+
+def planted_corpus(seed: int = 0):
+    rng = random.Random(seed)
+    originals = [document(rng) for _ in range(40)]
+    docs = {f"doc-{i:02d}": text for i, text in enumerate(originals)}
+    pairs = []
+    for i in range(0, 40, 2):  # every other original gets a near-duplicate
+        docs[f"doc-{i:02d}-copy"] = edit(originals[i], rng, num_edits=4)
+        pairs.append((f"doc-{i:02d}", f"doc-{i:02d}-copy"))
+    return docs, pairs
+
+
+def test_signature_estimates_jaccard():
+    rng = random.Random(1)
+    a = document(rng, 400)
+    b = edit(a, rng, 8)
+    hasher = MinHasher(DedupConfig(num_buckets=32, hashes_per_bucket=8))
+    estimate = np.mean(hasher.signature(a) == hasher.signature(b))
+    assert abs(estimate - jaccard(shingles(a, 5), shingles(b, 5))) < 0.08
+    assert hasher.signature(a).shape == (256,)
+    assert (hasher.signature(a) == hasher.signature(a.upper())).all()  # case-insensitive shingles
+
+
+def test_components_keep_smallest_id_per_cluster():
+    table = components(np.array(["b", "d", "x"]), np.array(["c", "b", "y"]))
+    clusters = dict(zip(table.column("id").to_pylist(), table.column("cluster_id").to_pylist()))
+    assert clusters == {"b": "b", "c": "b", "d": "b", "x": "x", "y": "x"}
+
+
+def test_minhash_finds_planted_near_duplicates(ray_session):
+    import ray.data
+
+    docs, pairs = planted_corpus()
+    for a, b in pairs:
+        assert jaccard(shingles(docs[a], 5), shingles(docs[b], 5)) >= 0.8
+    ds = ray.data.from_items([{"id": k, "text": v} for k, v in docs.items()])
+    table = minhash_clusters(ds, DedupConfig(), num_partitions=2)
+    clusters = dict(zip(table.column("id").to_pylist(), table.column("cluster_id").to_pylist()))
+    for a, b in pairs:  # every planted pair is one cluster, represented by the original
+        assert clusters.get(a) == a and clusters.get(b) == a
+    assert set(clusters) == {doc for pair in pairs for doc in pair}  # distinct documents are untouched

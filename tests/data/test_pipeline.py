@@ -1,0 +1,82 @@
+"""The data step end to end on Ray Data, through the CLI: outputs, bad inputs, resume."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pyarrow.dataset as pads
+import pytest
+
+from raylm.cli import main
+from raylm.data.report import FUNNEL_STEPS
+
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
+
+
+def table(folder):
+    return pads.dataset(str(folder), format="parquet").to_table()
+
+
+@pytest.fixture(scope="module")
+def cleaned(ray_session, sample_files, tmp_path_factory):
+    """`raylm data` over three sample files plus a truncated copy of the fourth."""
+    inputs = tmp_path_factory.mktemp("inputs")
+    for src in sample_files[1:]:
+        (inputs / src.name).symlink_to(src)
+    data = sample_files[0].read_bytes()
+    (inputs / "broken-download.warc.gz").write_bytes(data[: len(data) // 2])
+    out = tmp_path_factory.mktemp("run") / "clean"
+    assert main(["data", "--input", str(inputs), "--output", str(out)]) == 0
+    return out
+
+
+def test_outputs_and_removal_log(cleaned):
+    stats = json.loads((cleaned / "stats.json").read_text())
+    kept, removed = table(cleaned / "kept"), table(cleaned / "removed")
+    assert kept.column_names == ["id", "url", "text", "language_score", "cluster_id"]
+    assert {"id", "url", "step", "reason"} <= set(removed.column_names)
+    assert len(kept) == stats["kept_documents"] > 30
+    assert len(kept) + len(removed) == stats["input_records"]
+    assert len(set(kept.column("id").to_pylist()) | set(removed.column("id").to_pylist())) == stats["input_records"]
+
+    reasons = removed.column("reason").to_pylist()
+    assert all(re.fullmatch(r"[a-z0-9_]+", r) for r in reasons)  # every drop has a snake_case reason
+    assert set(removed.column("step").to_pylist()) <= set(FUNNEL_STEPS)
+    assert stats["skipped_records"]["truncated_archive"] == 1
+    assert stats["skipped_records"]["non_html"] >= 2 and stats["skipped_records"]["http_404"] >= 2
+    for step in ["url_filter", "language", "gopher_repetition", "gopher_quality", "exact_dedup", "minhash_dedup"]:
+        assert stats["removed_by_step"].get(step, 0) > 0, step
+
+    docs = kept.to_pylist()
+    assert all(d["language_score"] >= 0.65 for d in docs)
+    assert not any("0-porno.com" in d["url"] or "casino" in d["url"] for d in docs)
+    assert not any(EMAIL.search(d["text"]) and "example." not in d["text"] for d in docs)
+    assert len({d["text"] for d in docs}) == len(docs)  # no exact duplicates survive
+    funnel = [row["documents"] for row in stats["funnel"]]
+    assert funnel == sorted(funnel, reverse=True) and funnel[-1] == len(kept)
+    assert (cleaned / "funnel.png").stat().st_size > 10_000
+    assert json.loads((cleaned / "manifest.json").read_text())["metrics"]["kept_documents"] == len(kept)
+
+
+def test_run_resumes_instead_of_redoing(ray_session, sample_files, tmp_path, capsys):
+    args = ["run", "--name", "resume", "-o", f"runs_dir={tmp_path}", "-o", f"data.input=[{sample_files[3]}]"]
+    assert main(args) == 0
+    manifest = (tmp_path / "resume" / "data" / "manifest.json").read_text()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (tmp_path / "resume" / "data" / "manifest.json").read_text() == manifest
+
+
+def test_missing_or_empty_input_fails_cleanly(ray_session, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["data", "--input", str(tmp_path / "nope.warc.gz"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "input path not found" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "crawl.jsonl").write_text('{"url": "https://a.example", "text": ""}\n')
+    assert main(["data", "--input", str(empty), "--output", str(out)]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "out.partial").exists()

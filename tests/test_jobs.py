@@ -1,0 +1,103 @@
+"""jobs/data.py submitted with the Job Submission API to a real Ray head on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPICS = [
+    "Rivers shape the land they cross. Over thousands of years, water carries sand and stones from the mountains "
+    "to the sea, cutting valleys and building deltas. Farmers have always settled near rivers, because the soil "
+    "there is rich. Cities grew along their banks, and boats carried goods between them. Floods remain a danger, "
+    "but they also renew the fields.",
+    "Bread is one of the oldest prepared foods. Early bakers mixed ground grain with water and cooked the paste on "
+    "hot stones. Later, people learned that wild yeast makes dough rise and gives it a lighter texture. Every "
+    "region developed its own loaves, from flat breads to dark rye. Today most bread is baked in large factories.",
+    "A lighthouse warns ships away from rocks and shallow water. The first ones were simple fires lit on hills near "
+    "busy harbours. Later towers used oil lamps and polished mirrors to throw the light further out to sea. Keepers "
+    "lived in small houses at the foot of the tower and trimmed the wicks each night. Most lights now run alone.",
+    "Chess began in India more than a thousand years ago and spread west along trade routes. The rules changed as "
+    "the game travelled, and the queen became the strongest piece only in the fifteenth century. Players study "
+    "openings, tactics and endgames for years. Computers now play better than any human, yet people still enjoy "
+    "the game. Clubs meet in almost every town.",
+]
+
+
+@pytest.fixture
+def ray_head():
+    """`ray start --head --block` in its own process group; SIGTERM stops exactly this head.
+
+    (`ray stop` would also kill the test session's own Ray.) RAY_TMPDIR is short
+    because Ray's unix sockets live under it. The head uses token authentication,
+    as a cluster should; the client gets the same token from the environment.
+    """
+    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    dashboard = "http://127.0.0.1:8275"
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port=6390", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--dashboard-port=8275",
+         "--disable-usage-stats"],
+        env={**os.environ, **auth, "RAY_TMPDIR": tmp}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(dashboard + "/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:  # answering, if only to ask for Ray's auth token
+                break
+            except OSError:
+                assert head.poll() is None and time.time() < deadline, "ray head did not start"
+                time.sleep(1)
+        with pytest.MonkeyPatch.context() as env:
+            for key, value in auth.items():
+                env.setenv(key, value)
+            yield dashboard
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_data_job_runs_on_a_real_head(ray_head, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    inputs = tmp_path / "docs.jsonl"
+    docs = [{"url": f"https://topics.example/{i}", "text": text} for i, text in enumerate(TOPICS)]
+    docs.append({"url": "https://topics.example/copy", "text": TOPICS[0]})
+    inputs.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    out = tmp_path / "clean"
+
+    client = JobSubmissionClient(ray_head)
+    job = client.submit_job(
+        entrypoint=f"python jobs/data.py --input {inputs} --output {out} -o data.num_workers=1",
+        runtime_env={"working_dir": str(ROOT), "excludes": [".venv", "runs", ".git", "tests", "benchmarks"]},
+    )
+    deadline = time.time() + 420
+    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.time() < deadline, "job did not finish in time"
+        time.sleep(2)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["kept_documents"] == 4 and stats["removed_by_reason"] == {"exact_dedup/exact_duplicate": 1}
+    assert "[data] kept 4 of 5 records" in logs
+    shutil.rmtree(out)
