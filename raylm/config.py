@@ -59,6 +59,7 @@ class DedupConfig(Strict):
     ngram_size: int = Field(5, ge=1, description="word n-grams (shingles)")
     num_buckets: int = Field(14, ge=1, description="LSH bands")
     hashes_per_bucket: int = Field(8, ge=1, description="rows per band")
+    verify_threshold: float = Field(0.8, ge=0, le=1, description="min estimated Jaccard of a candidate pair; 0: off")
     seed: int = 1
 
 

@@ -50,9 +50,12 @@ def ray_head():
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port=6390", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--dashboard-port=8275",
-         "--disable-usage-stats"],
+         "--disable-usage-stats", "--min-worker-port=20000", "--max-worker-port=20999",
+         # the test session's own Ray holds the default agent ports on this machine
+         "--dashboard-agent-listen-port=52395", "--dashboard-agent-grpc-port=52396",
+         "--runtime-env-agent-port=52397", "--metrics-export-port=52398"],
         env={**os.environ, **auth, "RAY_TMPDIR": tmp}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=open(Path(tmp) / "head.log", "w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 90
         while True:
@@ -62,42 +65,44 @@ def ray_head():
             except urllib.error.HTTPError:  # answering, if only to ask for Ray's auth token
                 break
             except OSError:
-                assert head.poll() is None and time.time() < deadline, "ray head did not start"
+                assert head.poll() is None and time.time() < deadline, (Path(tmp) / "head.log").read_text()[-3000:]
                 time.sleep(1)
-        with pytest.MonkeyPatch.context() as env:
-            for key, value in auth.items():
-                env.setenv(key, value)
-            yield dashboard
+        yield dashboard, {**os.environ, **auth}
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+            try:
+                head.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_data_job_runs_on_a_real_head(ray_head, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    """Submitted as a user would, with `ray job submit` (a client of the Job Submission API).
 
+    The client runs in its own process: Ray caches the auth token per process, and
+    this test process already holds the test session's local Ray.
+    """
+    address, env = ray_head
     inputs = tmp_path / "docs.jsonl"
     docs = [{"url": f"https://topics.example/{i}", "text": text} for i, text in enumerate(TOPICS)]
     docs.append({"url": "https://topics.example/copy", "text": TOPICS[0]})
     inputs.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
     out = tmp_path / "clean"
+    runtime_env = {"excludes": [".venv", "runs", ".git", "tests", "benchmarks"]}
 
-    client = JobSubmissionClient(ray_head)
-    job = client.submit_job(
-        entrypoint=f"python jobs/data.py --input {inputs} --output {out} -o data.num_workers=1",
-        runtime_env={"working_dir": str(ROOT), "excludes": [".venv", "runs", ".git", "tests", "benchmarks"]},
-    )
-    deadline = time.time() + 420
-    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.time() < deadline, "job did not finish in time"
+    command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
+               "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
+               "python", "jobs/data.py", "--input", str(inputs), "--output", str(out), "-o", "data.num_workers=1"]
+    for _ in range(30):  # the head's job agent comes up a few seconds after its HTTP server
+        submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420)
+        logs = submit.stdout + submit.stderr
+        if "No available agent" not in logs:
+            break
         time.sleep(2)
-    logs = client.get_job_logs(job)
-    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+    assert submit.returncode == 0, logs[-3000:]
+    assert "succeeded" in logs.lower()
     stats = json.loads((out / "stats.json").read_text())
     assert stats["kept_documents"] == 4 and stats["removed_by_reason"] == {"exact_dedup/exact_duplicate": 1}
     assert "[data] kept 4 of 5 records" in logs
-    shutil.rmtree(out)

@@ -4,14 +4,17 @@ Exact: documents sharing a content hash (case/whitespace-normalized sha1) are gr
 by a Ray Data groupby (a distributed shuffle); all but the smallest id are dropped.
 
 Fuzzy, FineWeb's recipe (word 5-grams, 14 bands x 8 hashes by default):
-1. `MinHasher.band_rows`: per batch, each document's MinHash signature is cut into
-   bands and each band hashed to one 64-bit key -> rows (band, key, id). Signatures
-   live only inside the batch that computes them; no process holds the corpus's.
-2. A groupby on (band, key) puts colliding documents together; each group emits
-   star edges (smallest id -> every other id): the candidate pairs.
-3. Connected components over the edges (scipy, on the driver: only duplicate
-   documents have edges, so this is a small fraction of the corpus) give clusters;
-   the smallest id of each cluster is kept, the others are dropped.
+1. `MinHasher.signature_rows`: per batch, each document's MinHash signature (a
+   distributed dataset: no process holds the corpus's signatures).
+2. `band_rows`: each signature cut into bands, each band hashed to one 64-bit key
+   -> rows (band, key, id); a groupby on (band, key) puts colliding documents
+   together and each group emits its pairs: the candidate pairs.
+3. Verification (`verify_threshold`, on by default; FineWeb had none): candidate
+   pairs are joined with both signatures and kept only if the signatures agree on
+   enough hashes, i.e. the estimated Jaccard clears the threshold. This removes
+   the LSH false positives and the chains they create between clusters.
+4. Connected components over the verified edges (scipy, on the driver: only
+   duplicates have edges) give clusters; the smallest id of each cluster is kept.
 
     hasher = MinHasher(DedupConfig())
     hasher.signature("some text ...")           # uint32[num_buckets * hashes_per_bucket]
@@ -73,11 +76,16 @@ class MinHasher:
         bands = signature.reshape(self.cfg.num_buckets, self.cfg.hashes_per_bucket)
         return [mmh3.hash64(band.tobytes(), signed=True)[0] for band in bands]
 
+    def signature_rows(self, batch: pa.Table) -> pa.Table:
+        """(id, text) batch -> (id, signature) with the signature as raw uint32 bytes."""
+        sigs = [self.signature(text).tobytes() for text in batch.column("text").to_pylist()]
+        return pa.table({"id": batch.column("id"), "signature": pa.array(sigs, pa.binary())})
+
     def band_rows(self, batch: pa.Table) -> pa.Table:
-        """(id, text) batch -> (band, key, id) rows, num_buckets per document."""
+        """(id, signature) batch -> (band, key, id) rows, num_buckets per document."""
         bands, keys, ids = [], [], []
-        for doc_id, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
-            for band, key in enumerate(self.band_keys(self.signature(text))):
+        for doc_id, sig in zip(batch.column("id").to_pylist(), batch.column("signature").to_pylist()):
+            for band, key in enumerate(self.band_keys(np.frombuffer(sig, dtype=np.uint32))):
                 bands.append(band)
                 keys.append(key)
                 ids.append(doc_id)
@@ -85,9 +93,29 @@ class MinHasher:
                          "id": pa.array(ids, pa.string())})
 
 
-def _star_edges(group: pd.DataFrame) -> pd.DataFrame:
-    ids = sorted(set(group["id"]))
-    return pd.DataFrame({"src": [ids[0]] * (len(ids) - 1), "dst": ids[1:]}, dtype="string")
+_MAX_ALL_PAIRS = 32  # larger buckets (templated pages) emit a star instead of all pairs
+
+
+def _candidate_pairs(group: pa.Table) -> pa.Table:
+    """Documents sharing a band key: all pairs for small buckets, a star from the smallest id otherwise.
+
+    Always returns the (src, dst) schema, even when empty: joins need it.
+    """
+    ids = sorted(set(group.column("id").to_pylist()))
+    if len(ids) <= _MAX_ALL_PAIRS:
+        pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]]
+    else:
+        pairs = [(ids[0], b) for b in ids[1:]]
+    return pa.table({"src": pa.array([a for a, _ in pairs], pa.string()),
+                     "dst": pa.array([b for _, b in pairs], pa.string())})
+
+
+def _verify(batch: pa.Table, threshold: float) -> pa.Table:
+    """Keep candidate pairs whose signatures agree on >= threshold of their hashes (estimated Jaccard)."""
+    keep = []
+    for a, b in zip(batch.column("src_sig").to_pylist(), batch.column("dst_sig").to_pylist()):
+        keep.append(float(np.mean(np.frombuffer(a, np.uint32) == np.frombuffer(b, np.uint32))) >= threshold)
+    return batch.select(["src", "dst"]).filter(pa.array(keep, pa.bool_()))
 
 
 def components(src: np.ndarray, dst: np.ndarray) -> pa.Table:
@@ -105,16 +133,22 @@ def components(src: np.ndarray, dst: np.ndarray) -> pa.Table:
 def minhash_clusters(docs: ray.data.Dataset, cfg: DedupConfig, num_partitions: int) -> pa.Table:
     """Near-duplicate clusters of a (id, text) dataset, as (id, cluster_id) rows."""
     hasher = MinHasher(cfg)
-    band_rows = docs.select_columns(["id", "text"]).map_batches(hasher.band_rows, batch_format="pyarrow")
-    edges = band_rows.groupby(["band", "key"], num_partitions=num_partitions).map_groups(
-        _star_edges, batch_format="pandas")
-    src, dst = [], []
+    sigs = docs.select_columns(["id", "text"]).map_batches(hasher.signature_rows, batch_format="pyarrow")
+    sigs = sigs.materialize()  # used twice: band keys, then verification
+    edges = sigs.map_batches(hasher.band_rows, batch_format="pyarrow").groupby(
+        ["band", "key"], num_partitions=num_partitions).map_groups(_candidate_pairs, batch_format="pyarrow").materialize()
+    if cfg.verify_threshold > 0 and edges.count():  # only candidate pairs meet the signatures: two joins keyed by id
+        src = sigs.rename_columns({"id": "src", "signature": "src_sig"})
+        dst = sigs.rename_columns({"id": "dst", "signature": "dst_sig"})
+        edges = edges.join(src, "inner", num_partitions, on=("src",)).join(dst, "inner", num_partitions, on=("dst",))
+        edges = edges.map_batches(_verify, fn_args=(cfg.verify_threshold,), batch_format="pyarrow")
+    src_ids, dst_ids = [], []
     for batch in edges.iter_batches(batch_format="pyarrow", batch_size=65_536):
-        src.append(batch.column("src").to_numpy(zero_copy_only=False))
-        dst.append(batch.column("dst").to_numpy(zero_copy_only=False))
-    src = np.concatenate(src).astype(str) if src else np.array([], dtype=str)
-    dst = np.concatenate(dst).astype(str) if dst else np.array([], dtype=str)
-    return components(src, dst)
+        src_ids.append(batch.column("src").to_numpy(zero_copy_only=False))
+        dst_ids.append(batch.column("dst").to_numpy(zero_copy_only=False))
+    src_ids = np.concatenate(src_ids).astype(str) if src_ids else np.array([], dtype=str)
+    dst_ids = np.concatenate(dst_ids).astype(str) if dst_ids else np.array([], dtype=str)
+    return components(src_ids, dst_ids)
 
 
 def _drop_all_but_first(group: pd.DataFrame) -> pd.DataFrame:
