@@ -41,7 +41,11 @@ NUM_CPUS = os.cpu_count() or 2
 
 
 def replicate_sample(out: Path, copies: int) -> int:
-    """`copies` x the sample crawl, each record with a fresh WARC-Record-ID; returns #responses."""
+    """`copies` x the sample crawl, each record with a fresh WARC-Record-ID; returns #responses.
+
+    Records get WARC-Identified-Payload-Type, as Common Crawl's do: datatrove's WarcReader
+    trusts it (and without it sniffs XHTML pages as XML and skips them).
+    """
     from fastwarc.warc import ArchiveIterator, WarcRecordType
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
@@ -54,11 +58,12 @@ def replicate_sample(out: Path, copies: int) -> int:
                 writer = WARCWriter(f, gzip=True)
                 for rec in ArchiveIterator(open(src, "rb"), record_types=WarcRecordType.response, parse_http=True):
                     http = rec.http_headers
-                    headers = StatusAndHeaders(f"{http.status_code} {http.reason}", list(http.items()),
+                    headers = StatusAndHeaders(f"{http.status_code} {http.reason_phrase}", list(http.items()),
                                                protocol="HTTP/1.1")
+                    payload_type = (rec.http_content_type or "application/octet-stream").split(";")[0]
                     writer.write_record(writer.create_warc_record(
                         rec.headers["WARC-Target-URI"], "response", payload=io.BytesIO(rec.reader.read()),
-                        http_headers=headers))
+                        http_headers=headers, warc_headers_dict={"WARC-Identified-Payload-Type": payload_type}))
                     count += 1
     return count
 
@@ -75,7 +80,7 @@ def bench_raylm(crawl: Path, work: Path) -> dict:
     t = time.time()
     read_documents(cfg.input, rows_per_block=cfg.batch_size).map_batches(
         Cleaner, fn_constructor_args=(cfg,), batch_format="pyarrow", batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_workers)).write_parquet(str(work / "clean"))
+        num_cpus=cfg.worker_cpus, compute=ray.data.ActorPoolStrategy(size=cfg.num_workers)).write_parquet(str(work / "clean"))
     clean_s = time.time() - t
     t = time.time()
     stats = run_data(cfg, work / "full")
@@ -102,7 +107,7 @@ def bench_datatrove(crawl: Path, work: Path) -> dict:
         ParquetWriter(str(work / "datatrove-out")),
     ]
     t = time.time()
-    LocalPipelineExecutor(pipeline=pipeline, tasks=len(files), workers=NUM_CPUS,
+    LocalPipelineExecutor(pipeline=pipeline, tasks=min(len(files), NUM_CPUS), workers=NUM_CPUS,
                           logging_dir=str(work / "datatrove-logs")).run()
     seconds = time.time() - t
     import pyarrow.dataset as pads
@@ -258,12 +263,12 @@ def bench_dedup(num_docs: int, work: Path) -> dict:
     ray.init(num_cpus=NUM_CPUS, include_dashboard=False)
     ds = ray.data.from_items([{"id": k, "text": v} for k, v in docs.items()], override_num_blocks=NUM_CPUS * 2)
     ds = ds.materialize()
-    for name, verify in (("raylm", DedupConfig().verify_threshold), ("raylm_no_verify", 0.0)):
+    for name, verify in (("raylm", "exact"), ("raylm_verify_signature", "signature"), ("raylm_no_verify", "none")):
         t = time.time()
-        table = minhash_clusters(ds, DedupConfig(verify_threshold=verify), num_partitions=NUM_CPUS)
+        table = minhash_clusters(ds, DedupConfig(verify=verify), num_partitions=NUM_CPUS)
         seconds = time.time() - t
         cluster_of = dict(zip(table.column("id").to_pylist(), table.column("cluster_id").to_pylist()))
-        result[name] = {"seconds": seconds, "verify_threshold": verify, **score(cluster_of, truth, jac)}
+        result[name] = {"seconds": seconds, "verify": verify, **score(cluster_of, truth, jac)}
     ray.shutdown()
 
     cluster_of, seconds = run_datatrove_minhash(docs, work / "dt-minhash")
@@ -320,6 +325,7 @@ def main() -> None:
     only = set(args.only or ["throughput", "extractors", "dedup"])
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
+    print(f"[bench] {sorted(only)}; work in {args.out}", flush=True)
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": NUM_CPUS,
               "machine": f"{platform.machine()} {platform.processor() or ''} {platform.platform()}".strip(),
               "python": platform.python_version()}

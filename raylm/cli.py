@@ -3,6 +3,7 @@
     raylm data --input raylm/sample/crawl --output /tmp/clean
     raylm run                                  # all steps, tiny preset, runs/tiny/
     raylm run --config cluster -o data.num_workers=64
+    raylm sample --checkpoint runs/tiny/pretrain/hf --prompt "The package manager"
 
 Every sub-command takes `--config PRESET_OR_FILE` (presets in raylm/configs/) and
 any number of `-o key.path=value` overrides; `raylm config` prints the result.
@@ -20,9 +21,10 @@ from pathlib import Path
 import yaml
 
 from raylm.config import ConfigError, RunConfig, load_config
+from raylm.data.readers import InputError
 from raylm.runs import run_step
 
-STEPS = ["data"]  # in pipeline order; each later issue appends its step
+STEPS = ["data", "tokenizer", "pretrain"]  # in pipeline order; each later issue appends its step
 
 
 def init_ray(cfg: RunConfig) -> None:
@@ -51,6 +53,39 @@ def step_data(cfg: RunConfig, output: Path | None = None):
                     inputs={"input": ", ".join(cfg.data.input)})
 
 
+def _upstream(cfg: RunConfig, step: str) -> dict:
+    """The finished manifest of an earlier step; its config hash joins this step's, so a change upstream redoes it."""
+    from raylm.runs import read_manifest
+
+    manifest = read_manifest(run_dir(cfg) / step)
+    if manifest is None:
+        raise InputError(f"step '{step}' has not finished in {run_dir(cfg)}; run `raylm {step}` or `raylm run` first")
+    return manifest
+
+
+def step_tokenizer(cfg: RunConfig):
+    from raylm.tokenizer.step import run_tokenizer
+
+    data = _upstream(cfg, "data")
+    init_ray(cfg)
+    kept = run_dir(cfg) / "data" / "kept"
+    return run_step("tokenizer", run_dir(cfg) / "tokenizer",
+                    {**cfg.tokenizer.model_dump(), "upstream": data["config_hash"]},
+                    lambda work: run_tokenizer(cfg.tokenizer, kept, work), inputs={"corpus": str(kept)})
+
+
+def step_pretrain(cfg: RunConfig, extra: dict | None = None):
+    from raylm.train.pretrain import run_pretrain
+
+    tokenizer = _upstream(cfg, "tokenizer")
+    init_ray(cfg)
+    tokenizer_dir = run_dir(cfg) / "tokenizer"
+    return run_step("pretrain", run_dir(cfg) / "pretrain",
+                    {**cfg.pretrain.model_dump(), "upstream": tokenizer["config_hash"]},
+                    lambda work: run_pretrain(cfg.pretrain, tokenizer_dir, work, run_dir(cfg) / "ray_train", extra),
+                    inputs={"tokenizer": str(tokenizer_dir)})
+
+
 def cmd_config(cfg: RunConfig, args) -> None:
     print(yaml.safe_dump(cfg.model_dump(), sort_keys=False), end="")
 
@@ -61,10 +96,49 @@ def cmd_data(cfg: RunConfig, args) -> None:
     step_data(cfg, Path(args.output) if args.output else None)
 
 
+def cmd_tokenizer(cfg: RunConfig, args) -> None:
+    step_tokenizer(cfg)
+
+
+def cmd_pretrain(cfg: RunConfig, args) -> None:
+    step_pretrain(cfg)
+
+
+def cmd_sweep(cfg: RunConfig, args) -> None:
+    from raylm.train.tune import run_sweep
+
+    _upstream(cfg, "tokenizer")
+    init_ray(cfg)
+    run_sweep(cfg.pretrain, run_dir(cfg) / "tokenizer", run_dir(cfg) / "ray_tune",
+              [float(x) for x in args.lrs.split(",")], [int(x) for x in args.batch_sizes.split(",")])
+
+
+def cmd_sample(cfg: RunConfig, args) -> None:
+    from raylm.model.engine import Engine
+    from raylm.model.hf import load_pretrained
+    from raylm.tokenizer.bpe import EOS, load
+
+    folder = Path(args.checkpoint)
+    if not (folder / "config.json").is_file():
+        raise InputError(f"no HF checkpoint (config.json) in {folder}")
+    tok = load(folder)
+    eos = tok.token_to_id(EOS)
+    engine = Engine(load_pretrained(folder))
+    prompt = [eos, *tok.encode(args.prompt).ids]
+    print(args.prompt, end="", flush=True)
+    for token in engine.stream(prompt, args.max_tokens, args.temperature, args.top_k, args.top_p,
+                               stop_ids=(eos,), seed=args.seed):
+        print(tok.decode([token]), end="", flush=True)
+    print()
+
+
 def cmd_run(cfg: RunConfig, args) -> None:
     print(f"raylm run '{cfg.name}': steps {' -> '.join(STEPS)} in {run_dir(cfg)}")
     step_data(cfg)
-    print(f"raylm run '{cfg.name}': done; artifacts in {run_dir(cfg)}")
+    step_tokenizer(cfg)
+    step_pretrain(cfg)
+    print(f"raylm run '{cfg.name}': done; base model in {run_dir(cfg) / 'pretrain' / 'hf'}")
+    print(f"  try: raylm sample --checkpoint {run_dir(cfg) / 'pretrain' / 'hf'} --prompt 'The package manager'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,14 +160,30 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--output", metavar="DIR", help="output folder (default: runs/<name>/data)")
     data.set_defaults(fn=cmd_data)
 
+    sub.add_parser("tokenizer", parents=[common], help="byte-level BPE on the corpus; token shards (Ray Data)"
+                   ).set_defaults(fn=cmd_tokenizer)
+    sub.add_parser("pretrain", parents=[common], help="next-token pretraining on Ray Train; HF checkpoint"
+                   ).set_defaults(fn=cmd_pretrain)
+    sweep = sub.add_parser("sweep", parents=[common], help="Ray Tune (ASHA) over learning rate and batch size")
+    sweep.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="comma-separated learning rates")
+    sweep.add_argument("--batch-sizes", default="8,16", help="comma-separated per-worker batch sizes")
+    sweep.set_defaults(fn=cmd_sweep)
+    sample = sub.add_parser("sample", parents=[common], help="continue a prompt with a checkpoint")
+    sample.add_argument("--checkpoint", required=True, help="an HF-format folder, e.g. runs/tiny/pretrain/hf")
+    sample.add_argument("--prompt", required=True)
+    sample.add_argument("--max-tokens", type=int, default=64)
+    sample.add_argument("--temperature", type=float, default=0.8)
+    sample.add_argument("--top-k", type=int, default=50)
+    sample.add_argument("--top-p", type=float, default=0.95)
+    sample.add_argument("--seed", type=int, default=None)
+    sample.set_defaults(fn=cmd_sample)
+
     sub.add_parser("run", parents=[common], help="every step end to end, resuming finished ones"
                    ).set_defaults(fn=cmd_run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from raylm.data.readers import InputError
-
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.override)

@@ -59,7 +59,9 @@ class DedupConfig(Strict):
     ngram_size: int = Field(5, ge=1, description="word n-grams (shingles)")
     num_buckets: int = Field(14, ge=1, description="LSH bands")
     hashes_per_bucket: int = Field(8, ge=1, description="rows per band")
-    verify_threshold: float = Field(0.8, ge=0, le=1, description="min estimated Jaccard of a candidate pair; 0: off")
+    verify: Literal["exact", "signature", "none"] = Field(
+        "exact", description="check candidate pairs by exact shingle Jaccard, by signature agreement, or not at all")
+    verify_threshold: float = Field(0.8, ge=0, le=1, description="min Jaccard of a verified pair")
     seed: int = 1
 
 
@@ -73,9 +75,53 @@ class DataConfig(Strict):
     extractor: Literal["trafilatura", "resiliparse"] = "trafilatura"
     batch_size: int = Field(64, ge=1, description="documents per Ray Data batch")
     num_workers: int = Field(2, ge=1, description="actors in the cleaning pool")
+    worker_cpus: float = Field(0.5, gt=0, description="CPUs each cleaning actor reserves; the pool must leave room "
+                               "for the read tasks (0.25 each, 1 for listing JSONL/parquet) or it starves its input")
     filters: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
+
+
+class TokenizerConfig(Strict):
+    vocab_size: int = Field(4096, ge=512, description="including the special tokens")
+    min_frequency: int = Field(2, ge=1)
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="share of documents held out (by id hash)")
+    shard_tokens: int = Field(1_000_000, ge=1024)
+
+
+class ModelConfig(Strict):
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    intermediate_size: int = Field(0, ge=0, description="0: ~8/3 * dim")
+    max_seq_len: int = 256
+    rope_theta: float = 10_000.0
+    tie_embeddings: bool = False
+
+
+class PretrainConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks)")
+    use_gpu: bool = False
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(16, ge=1, description="sequences per worker per micro-batch")
+    seq_len: int = Field(128, ge=8)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(20, ge=0)
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(100, ge=1)
+    eval_batches: int = Field(8, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    sample_every: int = Field(0, ge=0, description="0: only at the end")
+    max_failures: int = Field(2, ge=0, description="worker failures survived by restoring the last checkpoint")
+    compile: bool = Field(False, description="torch.compile (GPU)")
+    seed: int = 0
 
 
 class RunConfig(Strict):
@@ -83,6 +129,8 @@ class RunConfig(Strict):
     runs_dir: str = "runs"
     ray: RayConfig = Field(default_factory=RayConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -9,10 +9,12 @@ Fuzzy, FineWeb's recipe (word 5-grams, 14 bands x 8 hashes by default):
 2. `band_rows`: each signature cut into bands, each band hashed to one 64-bit key
    -> rows (band, key, id); a groupby on (band, key) puts colliding documents
    together and each group emits its pairs: the candidate pairs.
-3. Verification (`verify_threshold`, on by default; FineWeb had none): candidate
-   pairs are joined with both signatures and kept only if the signatures agree on
-   enough hashes, i.e. the estimated Jaccard clears the threshold. This removes
-   the LSH false positives and the chains they create between clusters.
+3. Verification (`verify`, FineWeb had none): candidate pairs are joined with
+   their two documents and kept only if their Jaccard clears `verify_threshold`:
+   "exact" compares the shingle sets (the default: every edge is then a true
+   near-duplicate pair), "signature" the MinHash agreement (an estimate, cheaper
+   to shuffle), "none" keeps every candidate as FineWeb did. This removes the LSH
+   false positives and the chains they create between unrelated clusters.
 4. Connected components over the verified edges (scipy, on the driver: only
    duplicates have edges) give clusters; the smallest id of each cluster is kept.
 
@@ -110,11 +112,18 @@ def _candidate_pairs(group: pa.Table) -> pa.Table:
                      "dst": pa.array([b for _, b in pairs], pa.string())})
 
 
-def _verify(batch: pa.Table, threshold: float) -> pa.Table:
-    """Keep candidate pairs whose signatures agree on >= threshold of their hashes (estimated Jaccard)."""
-    keep = []
-    for a, b in zip(batch.column("src_sig").to_pylist(), batch.column("dst_sig").to_pylist()):
-        keep.append(float(np.mean(np.frombuffer(a, np.uint32) == np.frombuffer(b, np.uint32))) >= threshold)
+def signature_agreement(a: bytes, b: bytes) -> float:
+    """Share of MinHash values two signatures agree on: an estimate of their Jaccard."""
+    return float(np.mean(np.frombuffer(a, np.uint32) == np.frombuffer(b, np.uint32)))
+
+
+def _verify(batch: pa.Table, threshold: float, mode: str, ngram_size: int) -> pa.Table:
+    """Keep the candidate pairs whose similarity clears the threshold."""
+    if mode == "exact":
+        measure = lambda a, b: jaccard(shingles(a, ngram_size), shingles(b, ngram_size))  # noqa: E731
+    else:
+        measure = signature_agreement
+    keep = [measure(a, b) >= threshold for a, b in zip(batch.column("a").to_pylist(), batch.column("b").to_pylist())]
     return batch.select(["src", "dst"]).filter(pa.array(keep, pa.bool_()))
 
 
@@ -130,18 +139,35 @@ def components(src: np.ndarray, dst: np.ndarray) -> pa.Table:
     return pa.table({"id": pa.array(ids, pa.string()), "cluster_id": pa.array(ids[first[labels]], pa.string())})
 
 
+def verify_pairs(edges: ray.data.Dataset, payload: ray.data.Dataset, cfg: DedupConfig,
+                 num_partitions: int) -> ray.data.Dataset:
+    """Candidate pairs meet the (id, payload) rows of their two documents by joins; dissimilar pairs go.
+
+    A semi-join first narrows the payload to the documents that have a candidate
+    pair (duplicates only), so the pair joins stay small.
+    """
+    column = "text" if cfg.verify == "exact" else "signature"
+    ids = edges.select_columns(["src"]).rename_columns({"src": "id"}).union(
+        edges.select_columns(["dst"]).rename_columns({"dst": "id"}))
+    candidates = payload.select_columns(["id", column]).join(ids, "left_semi", num_partitions, on=("id",))
+    candidates = candidates.materialize()
+    left = candidates.rename_columns({"id": "src", column: "a"})
+    right = candidates.rename_columns({"id": "dst", column: "b"})
+    pairs = edges.join(left, "inner", num_partitions, on=("src",)).join(right, "inner", num_partitions, on=("dst",))
+    return pairs.map_batches(_verify, fn_args=(cfg.verify_threshold, cfg.verify, cfg.ngram_size),
+                             batch_format="pyarrow")
+
+
 def minhash_clusters(docs: ray.data.Dataset, cfg: DedupConfig, num_partitions: int) -> pa.Table:
     """Near-duplicate clusters of a (id, text) dataset, as (id, cluster_id) rows."""
     hasher = MinHasher(cfg)
     sigs = docs.select_columns(["id", "text"]).map_batches(hasher.signature_rows, batch_format="pyarrow")
-    sigs = sigs.materialize()  # used twice: band keys, then verification
+    sigs = sigs.materialize()  # used twice when pairs are verified by signature
     edges = sigs.map_batches(hasher.band_rows, batch_format="pyarrow").groupby(
-        ["band", "key"], num_partitions=num_partitions).map_groups(_candidate_pairs, batch_format="pyarrow").materialize()
-    if cfg.verify_threshold > 0 and edges.count():  # only candidate pairs meet the signatures: two joins keyed by id
-        src = sigs.rename_columns({"id": "src", "signature": "src_sig"})
-        dst = sigs.rename_columns({"id": "dst", "signature": "dst_sig"})
-        edges = edges.join(src, "inner", num_partitions, on=("src",)).join(dst, "inner", num_partitions, on=("dst",))
-        edges = edges.map_batches(_verify, fn_args=(cfg.verify_threshold,), batch_format="pyarrow")
+        ["band", "key"], num_partitions=num_partitions).map_groups(_candidate_pairs, batch_format="pyarrow")
+    edges = edges.materialize()
+    if cfg.verify != "none" and edges.count():
+        edges = verify_pairs(edges, docs if cfg.verify == "exact" else sigs, cfg, num_partitions)
     src_ids, dst_ids = [], []
     for batch in edges.iter_batches(batch_format="pyarrow", batch_size=65_536):
         src_ids.append(batch.column("src").to_numpy(zero_copy_only=False))

@@ -76,7 +76,7 @@ def run_data(cfg: DataConfig, out_dir: Path) -> dict:
     work = out_dir / "_cleaned"
     read_documents(cfg.input, rows_per_block=cfg.batch_size).map_batches(
         Cleaner, fn_constructor_args=(cfg,), batch_format="pyarrow", batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_workers),
+        num_cpus=cfg.worker_cpus, compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
     ).write_parquet(str(work))
     cleaned = ray.data.read_parquet(str(work))
     kept = cleaned.filter(expr=col("step").is_null()).drop_columns(["step", "reason"]).materialize()

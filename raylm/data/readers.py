@@ -154,14 +154,20 @@ def find_inputs(paths: list[str]) -> dict[str, list[str]]:
     return found
 
 
+READ_CPUS = 0.25  # reading is a small share of the work next to extraction and filtering
+
+
 def read_documents(paths: list[str], rows_per_block: int = 256) -> ray.data.Dataset:
     """One dataset of documents in the common schema from every input under `paths`."""
     found = find_inputs(paths)
     parts = []
     if found["warc"]:
-        parts.append(ray.data.read_datasource(WarcDatasource(found["warc"], rows_per_block=rows_per_block)))
+        parts.append(ray.data.read_datasource(WarcDatasource(found["warc"], rows_per_block=rows_per_block),
+                                              num_cpus=READ_CPUS))
     if found["json"]:
-        parts.append(ray.data.read_json(found["json"], lines=True).map_batches(_to_documents, batch_format="pyarrow"))
+        parts.append(ray.data.read_json(found["json"], lines=True, num_cpus=READ_CPUS).map_batches(
+            _to_documents, batch_format="pyarrow", num_cpus=READ_CPUS))
     if found["parquet"]:
-        parts.append(ray.data.read_parquet(found["parquet"]).map_batches(_to_documents, batch_format="pyarrow"))
+        parts.append(ray.data.read_parquet(found["parquet"], num_cpus=READ_CPUS).map_batches(
+            _to_documents, batch_format="pyarrow", num_cpus=READ_CPUS))
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

@@ -1,0 +1,80 @@
+"""Hugging Face layout: export a GPT as a LlamaForCausalLM checkpoint, and import it back.
+
+    save_pretrained(model, "runs/tiny/pretrain/hf", tokenizer_dir="runs/tiny/tokenizer")
+    model = load_pretrained("runs/tiny/pretrain/hf")
+    transformers.AutoModelForCausalLM.from_pretrained("runs/tiny/pretrain/hf")   # no custom code
+    vllm.LLM("runs/tiny/pretrain/hf")                                           # likewise
+
+The folder holds config.json, model.safetensors and the tokenizer files; raylm's
+parameter names already are Llama's, so the state dict is saved as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from raylm.model.gpt import GPT, GPTConfig
+from raylm.tokenizer.bpe import EOS
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def hf_config(cfg: GPTConfig, eos_id: int | None = None) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu", "attention_bias": False,
+        "mlp_bias": False, "bos_token_id": eos_id, "eos_token_id": eos_id, "torch_dtype": "float32",
+    }
+
+
+def from_hf_config(config: dict) -> GPTConfig:
+    return GPTConfig(
+        vocab_size=config["vocab_size"], dim=config["hidden_size"], n_layers=config["num_hidden_layers"],
+        n_heads=config["num_attention_heads"], n_kv_heads=config["num_key_value_heads"],
+        intermediate_size=config["intermediate_size"], max_seq_len=config["max_position_embeddings"],
+        rope_theta=config.get("rope_theta", 10_000.0), norm_eps=config["rms_norm_eps"],
+        tie_embeddings=config.get("tie_word_embeddings", False))
+
+
+def state_dict_for_export(model: GPT) -> dict[str, torch.Tensor]:
+    """fp32, contiguous, on CPU; a tied lm_head is left to transformers to re-tie."""
+    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        state.pop("lm_head.weight")
+    return state
+
+
+def save_pretrained(model: GPT, folder: Path, tokenizer_dir: Path | None = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    eos_id = None
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).exists():
+                shutil.copy(Path(tokenizer_dir) / name, folder / name)
+        vocab = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())["added_tokens"]
+        eos_id = next((t["id"] for t in vocab if t["content"] == EOS), None)
+    (folder / "config.json").write_text(json.dumps(hf_config(model.cfg, eos_id), indent=2))
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": eos_id, "eos_token_id": eos_id}))
+    save_file(state_dict_for_export(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def load_pretrained(folder: Path, device: str | torch.device = "cpu") -> GPT:
+    folder = Path(folder)
+    cfg = from_hf_config(json.loads((folder / "config.json").read_text()))
+    model = GPT(cfg)
+    state = load_file(str(folder / "model.safetensors"), device=str(device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]:
+        raise ValueError(f"checkpoint {folder} does not match: missing {missing}, unexpected {unexpected}")
+    return model.to(device)

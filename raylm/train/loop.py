@@ -1,0 +1,234 @@
+"""The per-worker training loop shared by pretraining (and, next, SFT): runs inside Ray Train.
+
+Everything that is not the model lives here: DDP (gloo on CPU, nccl on GPU, applied
+by ray.train.torch.prepare_model), bf16 autocast and torch.compile on GPU, AdamW
+with warmup + cosine or WSD schedule, gradient accumulation and clipping, a
+deterministic data order that is a pure function of the step (so a restored run
+reads exactly the batches it would have read), metrics, val loss and bits per
+byte, sample generations, and checkpoints reported through ray.train.report.
+
+The same function runs in one plain process (`run_without_ray`) for tests and
+for benchmarks/pretrain_cpu.py, which measures what Ray adds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raylm.model.engine import Engine
+from raylm.model.gpt import GPT, GPTConfig
+from raylm.tokenizer.shards import read_shard
+
+CHECKPOINT_FILE = "train_state.pt"
+
+
+class TokenStream:
+    """Sequences of seq_len + 1 tokens drawn from the shards in a seeded, per-epoch permutation.
+
+    Sample k of the run (counted over all ranks) is a pure function of (seed, k): a
+    restored run continues exactly where the failed one was, and ranks never overlap.
+    """
+
+    def __init__(self, shard_paths: list[Path], seq_len: int, seed: int):
+        self.shards = [read_shard(p) for p in shard_paths]
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+        self.seq_len, self.seed = seq_len, seed
+        self.num_sequences = int((self.offsets[-1] - 1) // seq_len)
+        if self.num_sequences < 1:
+            raise ValueError(f"{self.offsets[-1]} tokens are too few for sequences of {seq_len}")
+        self._perm_epoch, self._perm = -1, None
+
+    def _tokens(self, start: int, length: int) -> np.ndarray:
+        parts, pos = [], start
+        while length > 0:
+            shard = int(np.searchsorted(self.offsets, pos, side="right") - 1)
+            local = pos - self.offsets[shard]
+            piece = self.shards[shard][local:local + length]
+            parts.append(piece)
+            pos += len(piece)
+            length -= len(piece)
+        return np.concatenate(parts).astype(np.int64)
+
+    def sample(self, k: int) -> np.ndarray:
+        epoch, index = divmod(k, self.num_sequences)
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_sequences)
+            self._perm_epoch = epoch
+        return self._tokens(int(self._perm[index]) * self.seq_len, self.seq_len + 1)
+
+    def batch(self, first: int, size: int) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self.sample(first + i) for i in range(size)]))
+
+
+def lr_at(step: int, cfg: dict) -> float:
+    peak, warmup, total = cfg["lr"], cfg["warmup_steps"], cfg["steps"]
+    floor = peak * cfg["min_lr_ratio"]
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if cfg["schedule"] == "wsd":  # warmup-stable-decay: flat, then a linear cool-down over the last 20%
+        decay_start = int(0.8 * total)
+        return peak if step < decay_start else floor + (peak - floor) * (total - step) / max(1, total - decay_start)
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def evaluate(model: GPT, stream: TokenStream, token_bytes: torch.Tensor, batches: int, batch_size: int,
+             device, autocast) -> dict:
+    """Val loss (nats/token) and bits per byte over the first `batches` val batches (the same every time)."""
+    model.eval()
+    total_nats, total_bytes, total_tokens = 0.0, 0, 0
+    n = min(batches * batch_size, stream.num_sequences)
+    for first in range(0, n, batch_size):
+        seqs = stream.batch(first, min(batch_size, n - first)).to(device)
+        with autocast:
+            logits = model(seqs[:, :-1])
+        nats = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), seqs[:, 1:].flatten(), reduction="none")
+        total_nats += nats.sum().item()
+        total_tokens += nats.numel()
+        total_bytes += int(token_bytes[seqs[:, 1:].flatten().cpu()].sum())
+    model.train()
+    return {"val_loss": total_nats / total_tokens, "val_bpb": total_nats / math.log(2) / max(1, total_bytes)}
+
+
+def _save_state(folder: Path, model: GPT, optimizer, step: int, history: list[dict]) -> None:
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "metrics": history[-1], "history": history, "model_config": model.cfg.to_dict()},
+               folder / CHECKPOINT_FILE)
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train's train_loop_per_worker. `config` is plain data (it crosses processes)."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    checkpoint = ray.train.get_checkpoint()
+    state = None
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    model, optimizer, start = build(config, device, state)
+    ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
+    history = state["history"] if state else []
+
+    def report(metrics: dict, step: int, save: bool) -> None:
+        history.append(metrics)
+        if not save:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                _save_state(Path(tmp), model, optimizer, step, history)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+
+    run(config, model, ddp, optimizer, start, rank, world, device, report, restored=state is not None)
+
+
+def build(config: dict, device, state: dict | None):
+    torch.manual_seed(config["seed"])
+    model = GPT(GPTConfig(**config["model"])).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=config["lr"], betas=(0.9, 0.95), fused=device.type == "cuda")
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    return model, optimizer, start
+
+
+def run(config: dict, model: GPT, ddp, optimizer, start: int, rank: int, world: int, device, report,
+        restored: bool = False) -> None:
+    """The loop proper; `ddp` is the wrapped model (or the model itself in one process)."""
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    forward = torch.compile(ddp) if cuda and config["compile"] else ddp
+    train = TokenStream([Path(p) for p in config["train_shards"]], config["seq_len"], config["seed"])
+    val = TokenStream([Path(p) for p in config["val_shards"]], config["seq_len"], seed=0)
+    token_bytes = torch.tensor(config["token_bytes"], dtype=torch.int64)
+    batch, accum, steps = config["batch_size"], config["grad_accum"], config["steps"]
+    tokens_per_step = batch * accum * world * config["seq_len"]
+    flops_per_token = model.flops_per_token(config["seq_len"])
+    if rank == 0 and restored:
+        print(f"[pretrain] restored from checkpoint at step {start}", flush=True)
+    last_log, last_step = time.time(), start
+    for step in range(start, steps):
+        lr = lr_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for micro in range(accum):
+            first = ((step * accum + micro) * world + rank) * batch
+            seqs = train.batch(first, batch).to(device, non_blocking=True)
+            sync = nullcontext() if micro == accum - 1 or not hasattr(ddp, "no_sync") else ddp.no_sync()
+            with sync, autocast:
+                logits = forward(seqs[:, :-1])
+                loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), seqs[:, 1:].flatten())
+                (loss / accum).backward()
+            loss_sum += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"] or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        metrics = {"step": done, "loss": loss_sum / accum, "lr": lr, "grad_norm": float(grad_norm),
+                   "restored_from": start if restored else None}
+        if done % config["log_every"] == 0 or done == steps:
+            elapsed = time.time() - last_log
+            metrics["tokens_per_s"] = tokens_per_step * (done - last_step) / max(elapsed, 1e-9)
+            if cuda:
+                metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / (config["peak_flops"] * world)
+            last_log, last_step = time.time(), done
+            if rank == 0:
+                print(f"[pretrain] step {done}/{steps} loss {metrics['loss']:.4f} lr {lr:.2e} "
+                      f"{metrics['tokens_per_s']:,.0f} tok/s", flush=True)
+        if done % config["eval_every"] == 0 or done == steps:
+            metrics.update(evaluate(model, val, token_bytes, config["eval_batches"], batch, device, autocast))
+            if rank == 0:
+                print(f"[pretrain] step {done} val loss {metrics['val_loss']:.4f} "
+                      f"val bpb {metrics['val_bpb']:.4f}", flush=True)
+        if rank == 0 and (done == steps or (config["sample_every"] and done % config["sample_every"] == 0)):
+            for prompt, text in sample(model, config).items():
+                print(f"[pretrain] sample {prompt!r} -> {text!r}", flush=True)
+        save = done % config["checkpoint_every"] == 0 or done == steps
+        if "tokens_per_s" in metrics or "val_loss" in metrics or save:  # a report is a sync point: not every step
+            report(metrics, done, save)
+        if config.get("fail_at_step") == done and rank == world - 1 and not restored:
+            os._exit(1)  # a test hook: this worker dies right after a checkpointed step
+
+
+def sample(model: GPT, config: dict) -> dict[str, str]:
+    """A few greedy continuations, decoded; for the log, so progress can be read, not just plotted."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(config["tokenizer_file"])
+    tok.encode_special_tokens = True
+    engine = Engine(model)
+    prompts = config.get("sample_prompts") or ["The package manager", "To install Debian"]
+    eos = tok.token_to_id("<|endoftext|>")
+    outs = engine.generate([[eos, *tok.encode(p).ids] for p in prompts], 24, temperature=0, stop_ids=(eos,))
+    model.train()
+    return {p: tok.decode(o) for p, o in zip(prompts, outs)}
+
+
+def run_without_ray(config: dict) -> list[dict]:
+    """One process, no Ray: the baseline of benchmarks/pretrain_cpu.py and a test harness."""
+    device = torch.device("cuda" if torch.cuda.is_available() and config.get("use_gpu") else "cpu")
+    model, optimizer, start = build(config, device, None)
+    history: list[dict] = []
+    run(config, model, model, optimizer, start, 0, 1, device, lambda m, step, save: history.append(m))
+    return history

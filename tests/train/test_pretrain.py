@@ -1,0 +1,85 @@
+"""Pretraining on Ray Train: loss falls, a killed worker costs only the steps since the last checkpoint."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import signal
+import threading
+import time
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raylm.config import ModelConfig, PretrainConfig, TokenizerConfig
+from raylm.data.clean import extract_text
+from raylm.data.readers import iter_warc
+from raylm.runs import run_step
+from raylm.tokenizer.step import run_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(ray_session, sample_files, tmp_path_factory):
+    """A tokenizer and shards from the sample crawl's English pages (extraction only, to stay quick)."""
+    root = tmp_path_factory.mktemp("pretrain")
+    rows = []
+    for path in sample_files:
+        with gzip.open(path) as stream:
+            for row in iter_warc(stream, str(path)):
+                text = extract_text(row["html"], "resiliparse") if row["html"] else ""
+                if len(text) > 500 and "debian-handbook.info/browse/stable" in row["url"]:
+                    rows.append({"id": row["id"], "text": text})
+    (root / "kept").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), root / "kept" / "part-0.parquet")
+    cfg = TokenizerConfig(vocab_size=1024, shard_tokens=100_000, val_fraction=0.1)
+    run_step("tokenizer", root / "tokenizer", {}, lambda work: run_tokenizer(cfg, root / "kept", work))
+    return root / "tokenizer"
+
+
+def registered_checkpoint(storage) -> bool:
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                return True
+        except ValueError:  # caught mid-write
+            pass
+    return False
+
+
+def kill_a_train_worker() -> int:
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+            proc.send_signal(signal.SIGKILL)
+            return proc.pid
+    raise AssertionError("no Ray Train worker process found")
+
+
+def test_pretrain_survives_a_killed_worker_and_learns(tokenizer_dir, tmp_path):
+    from raylm.model.hf import load_pretrained
+    from raylm.train.pretrain import run_pretrain
+
+    cfg = PretrainConfig(model=ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64),
+                         num_workers=2, steps=300, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=10,
+                         log_every=20, eval_every=150, checkpoint_every=20, max_failures=2)
+    storage = tmp_path / "ray_train"
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(run_pretrain(cfg, tokenizer_dir, tmp_path, storage)))
+    thread.start()
+    deadline = time.time() + 300
+    while not registered_checkpoint(storage):  # kill only once the controller has the checkpoint
+        assert thread.is_alive() and time.time() < deadline, "no checkpoint was registered"
+        time.sleep(0.2)
+    killed = kill_a_train_worker()
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+
+    final = result["final"]
+    assert killed and result["steps"] == 300
+    assert final["restored_from"] is not None and final["restored_from"] >= 20  # resumed, not restarted
+    assert final["val_loss"] < math.log(1024) - 2.0  # learned: far below a uniform guess
+    assert final["val_bpb"] < result["unigram_val_bits_per_byte"]
+    model = load_pretrained(tmp_path / "hf")
+    assert model.cfg.vocab_size == 1024 and model.cfg.dim == 64
