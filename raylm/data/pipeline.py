@@ -127,5 +127,5 @@ def run_data(cfg: DataConfig, out_dir: Path) -> dict:
     if stats["kept_documents"] == 0:
         raise EmptyCorpusError("every document was removed; see removed/ and stats.json for why")
     _log(f"kept {stats['kept_documents']} of {stats['input_records']} records "
-         f"({stats['kept_characters']:,} characters); stats in {out_dir / 'stats.json'}")
+         f"({stats['kept_characters']:,} characters); see stats.json and funnel.png")
     return stats

@@ -1,0 +1,16 @@
+"""Shared start of the job entry points: put the uploaded working dir's raylm first, run one step.
+
+Inside a Ray job, RAY_ADDRESS is set, so raylm joins the cluster instead of
+starting a local Ray. The run directory (runs_dir) must be storage that the head
+and the workers share.
+"""
+
+import sys
+from pathlib import Path
+
+
+def run_step_job(step: str) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from raylm.cli import main
+
+    sys.exit(main([step, *sys.argv[1:]]))
