@@ -1,10 +1,12 @@
-"""Tokenizer encoding throughput: raylm's BPE (HF tokenizers) vs tiktoken with the same merges.
+"""Tokenizer encoding throughput: HF tokenizers vs tiktoken, both with raylm's trained merges.
 
 Both encode the same documents (the kept corpus of a finished run, repeated to a
 few MB) with the same vocabulary and merges: tiktoken's Encoding is built from the
 trained tokenizer's byte ranks, and the two must give identical ids (checked).
 Batch encoding on all cores for both (tokenizers' Rust thread pool; tiktoken's
-encode_ordinary_batch thread pool), plus one thread each.
+encode_ordinary_batch thread pool), plus one document at a time.
+raylm trains with HF tokenizers and shards the corpus with the tiktoken encoder
+(raylm.tokenizer.bpe.fast_encoder), because this benchmark found it the faster.
 
     python benchmarks/tokenizer.py --run runs/tiny
 """

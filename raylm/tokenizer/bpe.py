@@ -99,6 +99,18 @@ def byte_ranks(tok: Tokenizer) -> dict[bytes, int]:
             for token, rank in tok.get_vocab().items() if token not in specials}
 
 
+def fast_encoder(tok: Tokenizer):
+    """A tiktoken Encoding with exactly this tokenizer's merges: the same ids, ~3x faster to encode.
+
+    The corpus is sharded with it (benchmarks/tokenizer.py measures both, and the
+    tokenizer step checks that they agree on held-out text); special tokens are not
+    registered, so plain text can never produce them.
+    """
+    import tiktoken
+
+    return tiktoken.Encoding("raylm", pat_str=GPT4_SPLIT, mergeable_ranks=byte_ranks(tok), special_tokens={})
+
+
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (the ByteLevel alphabet)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \

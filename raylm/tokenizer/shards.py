@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import ray.data
 
-from raylm.tokenizer.bpe import EOS, encode_batch, load
+from raylm.tokenizer.bpe import EOS, fast_encoder, load
 
 MAGIC, VERSION, HEADER_INTS = 20261126, 1, 256
 
@@ -52,18 +52,18 @@ def is_val(doc_id: str, val_fraction: float) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_tokenizer(tokenizer_dir: str):
-    # Loading takes milliseconds, so plain tasks (fused with the parquet read) beat an actor
-    # pool; the cache makes it once per Ray worker process.
-    return load(Path(tokenizer_dir))
+def _cached_encoder(tokenizer_dir: str):
+    # Building it takes milliseconds, so plain tasks (fused with the parquet read) beat an
+    # actor pool; the cache makes it once per Ray worker process.
+    tok = load(Path(tokenizer_dir))
+    return fast_encoder(tok), tok.token_to_id(EOS)
 
 
 def tokenize_batch(batch: pa.Table, tokenizer_dir: str, val_fraction: float) -> pa.Table:
     """(id, text) batch -> (split, tokens, num_bytes) with <|endoftext|> before each document."""
-    tok = _cached_tokenizer(tokenizer_dir)
-    eos = tok.token_to_id(EOS)
+    encoder, eos = _cached_encoder(tokenizer_dir)
     texts = batch.column("text").to_pylist()
-    ids = encode_batch(tok, texts)
+    ids = encoder.encode_ordinary_batch(texts, num_threads=1)  # Ray tasks are the parallelism
     return pa.table({
         "split": ["val" if is_val(i, val_fraction) else "train" for i in batch.column("id").to_pylist()],
         "tokens": pa.array([[eos, *x] for x in ids], pa.list_(pa.int32())),

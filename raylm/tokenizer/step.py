@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from raylm.config import TokenizerConfig
-from raylm.tokenizer.bpe import bytes_per_token, save, train_bpe
+from raylm.tokenizer.bpe import bytes_per_token, encode_batch, fast_encoder, save, train_bpe
 from raylm.tokenizer.shards import is_val, read_shard, write_token_shards
 
 
@@ -45,6 +45,8 @@ def run_tokenizer(cfg: TokenizerConfig, kept_dir: Path, out_dir: Path) -> dict:
     save(tok, out_dir)
     held_out = list(_texts(kept_dir, cfg.val_fraction, want_val=True))
     bpt = bytes_per_token(tok, held_out) if held_out else math.nan
+    if fast_encoder(tok).encode_ordinary_batch(held_out) != encode_batch(tok, held_out):
+        raise RuntimeError("the tiktoken encoder disagrees with the trained tokenizer on held-out text")
     print(f"[tokenizer] {tok.get_vocab_size()} tokens; {bpt:.2f} bytes/token on {len(held_out)} held-out documents",
           flush=True)
     print("[tokenizer] tokenizing the corpus into shards on Ray Data", flush=True)

@@ -35,7 +35,8 @@ def test_vllm_generates_what_raylm_generates(tmp_path):
     tok_dir = tmp_path / "tok"
     save(train_bpe(CORPUS, vocab_size=600, min_frequency=1), tok_dir)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=600, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128))
+    # head_dim 32: the smallest that vLLM's CPU attention supports (32, 64, 80, ... 512)
+    model = GPT(GPTConfig(vocab_size=600, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128))
     with torch.no_grad():  # sharpen the logits so that greedy choices are not near-ties
         model.lm_head.weight.mul_(20)
     save_pretrained(model, tmp_path / "hf", tokenizer_dir=tok_dir)
