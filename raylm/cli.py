@@ -33,7 +33,6 @@ def init_ray(cfg: RunConfig) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cfg.ray.address, log_to_driver=True)
     else:

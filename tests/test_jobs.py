@@ -45,7 +45,9 @@ def ray_head():
     as a cluster should; the client gets the same token from the environment.
     """
     tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+            # a job's `python` is the head's: this venv's, as a cluster image would have it
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     dashboard = "http://127.0.0.1:8275"
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port=6390", "--num-cpus=2",

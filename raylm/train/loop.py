@@ -14,7 +14,6 @@ for benchmarks/pretrain_cpu.py, which measures what Ray adds.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from contextlib import nullcontext
@@ -207,8 +206,6 @@ def run(config: dict, model: GPT, ddp, optimizer, start: int, rank: int, world: 
         save = done % config["checkpoint_every"] == 0 or done == steps
         if "tokens_per_s" in metrics or "val_loss" in metrics or save:  # a report is a sync point: not every step
             report(metrics, done, save)
-        if config.get("fail_at_step") == done and rank == world - 1 and not restored:
-            os._exit(1)  # a test hook: this worker dies right after a checkpointed step
 
 
 def sample(model: GPT, config: dict) -> dict[str, str]:

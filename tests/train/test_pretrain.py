@@ -83,3 +83,10 @@ def test_pretrain_survives_a_killed_worker_and_learns(tokenizer_dir, tmp_path):
     assert final["val_bpb"] < result["unigram_val_bits_per_byte"]
     model = load_pretrained(tmp_path / "hf")
     assert model.cfg.vocab_size == 1024 and model.cfg.dim == 64
+
+    # the exported base model continues a prompt from the command line
+    from raylm.cli import main
+
+    assert main(["sample", "--checkpoint", str(tmp_path / "hf"), "--prompt", "Debian", "--max-tokens", "8",
+                 "--temperature", "0"]) == 0
+    assert main(["sample", "--checkpoint", str(tmp_path), "--prompt", "x"]) == 2  # no config.json there
