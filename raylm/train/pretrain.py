@@ -98,7 +98,7 @@ def run_pretrain(cfg: PretrainConfig, tokenizer_dir: Path, out_dir: Path, storag
     final = state["metrics"]
     unigram = read_manifest(tokenizer_dir)["metrics"]["unigram_val_bits_per_byte"]
     print(f"[pretrain] val bpb {final.get('val_bpb', float('nan')):.4f} vs unigram {unigram:.4f}; "
-          f"HF checkpoint in {Path(out_dir) / 'hf'}", flush=True)
+          f"HF checkpoint written", flush=True)
     return {"steps": state["step"], "final": final, "unigram_val_bits_per_byte": unigram,
             "num_params": model.num_params(non_embedding=False), "checkpoint": str(Path(out_dir) / "hf"),
             "ray_train_run": str(Path(storage_dir) / name)}
