@@ -14,6 +14,7 @@ Then stats.json and funnel.png (documents and characters left after each step).
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -39,9 +40,14 @@ class EmptyCorpusError(InputError):
     """The input held no documents (or nothing survived): nothing to write."""
 
 
+@functools.lru_cache(maxsize=4)
+def _pii_formatter(emails: bool, ips: bool) -> PIIFormatter:
+    return PIIFormatter(remove_emails=emails, remove_ips=ips)  # compiled once per worker process
+
+
 def scrub_pii(batch: pa.Table, cfg: PiiConfig) -> pa.Table:
     """Replace e-mail addresses and public IP addresses (datatrove's PIIFormatter)."""
-    formatter = PIIFormatter(remove_emails=cfg.emails, remove_ips=cfg.ips)
+    formatter = _pii_formatter(cfg.emails, cfg.ips)
     texts = [formatter.format(t) for t in batch.column("text").to_pylist()]
     return batch.set_column(batch.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
 
@@ -102,9 +108,10 @@ def run_data(cfg: DataConfig, out_dir: Path) -> dict:
         clusters = minhash_clusters(kept, cfg.dedup, parts)
     dropped = clusters.filter(pc.not_equal(clusters.column("id"), clusters.column("cluster_id")))
     if len(dropped):
-        near = kept.join(ray.data.from_arrow(dropped.select(["id"])), "left_semi", parts, on=("id",))
+        dropped_ids = ray.data.from_arrow(dropped.select(["id"]))
+        near = kept.join(dropped_ids, "left_semi", parts, on=("id",))
         removed.append(_removed_rows(near, "minhash_dedup", "near_duplicate"))
-        kept = kept.join(ray.data.from_arrow(dropped.select(["id"])), "left_anti", parts, on=("id",))
+        kept = kept.join(dropped_ids, "left_anti", parts, on=("id",))
     timings["minhash_dedup"] = time.time() - t
 
     t = time.time()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import pytest
 
 from raylm.config import DedupConfig
 from raylm.data.dedup import MinHasher, components, jaccard, minhash_clusters, shingles
