@@ -10,7 +10,6 @@ The BPE trains on the train split only, so the val split is truly held out.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,12 @@ def _texts(kept_dir: Path, val_fraction: float, want_val: bool):
                 yield text
 
 
-def unigram_bits_per_byte(train: np.ndarray, val: np.ndarray, val_bytes: int, vocab_size: int) -> float:
+def unigram_bits_per_byte(train_counts: np.ndarray, val: np.ndarray, val_bytes: int) -> float:
     """Cross-entropy of the val tokens under the train unigram distribution (add-one), in bits per byte.
 
     The baseline a trained model must beat by a wide margin.
     """
-    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
+    counts = train_counts.astype(np.float64) + 1.0
     log_probs = np.log2(counts / counts.sum())
     return float(-log_probs[val].sum() / max(1, val_bytes))
 
@@ -55,8 +54,9 @@ def run_tokenizer(cfg: TokenizerConfig, kept_dir: Path, out_dir: Path) -> dict:
         raise ValueError("the val split is empty: raise tokenizer.val_fraction or add documents")
     train = np.concatenate([read_shard(out_dir / "shards" / s) for s in shards["train"]["shards"]])
     val = np.concatenate([read_shard(out_dir / "shards" / s) for s in shards["val"]["shards"]])
-    unigram = unigram_bits_per_byte(train, val, shards["val"]["bytes"], tok.get_vocab_size())
-    top = Counter(train.tolist()).most_common(5)
+    train_counts = np.bincount(train, minlength=tok.get_vocab_size())
+    unigram = unigram_bits_per_byte(train_counts, val, shards["val"]["bytes"])
+    top = [(int(i), int(train_counts[i])) for i in np.argsort(train_counts)[::-1][:5]]
     print(f"[tokenizer] train {shards['train']['tokens']:,} tokens, val {shards['val']['tokens']:,}; "
           f"unigram baseline {unigram:.3f} bits/byte on val", flush=True)
     return {"vocab_size": tok.get_vocab_size(), "held_out_bytes_per_token": bpt,

@@ -42,12 +42,13 @@ def loop_config(cfg: PretrainConfig, tokenizer_dir: Path) -> dict:
     """The plain-data config the workers get: the step config plus paths and tokenizer facts."""
     tokenizer_dir = Path(tokenizer_dir).resolve()
     shards = read_manifest(tokenizer_dir)["metrics"]["shards"]
-    model = {**cfg.model.model_dump(), "vocab_size": len(token_byte_lengths(tokenizer_dir))}
+    token_bytes = token_byte_lengths(tokenizer_dir)
+    model = {**cfg.model.model_dump(), "vocab_size": len(token_bytes)}
     return {
         **cfg.model_dump(exclude={"model"}), "model": model,
         "train_shards": [str(tokenizer_dir / "shards" / s) for s in shards["train"]["shards"]],
         "val_shards": [str(tokenizer_dir / "shards" / s) for s in shards["val"]["shards"]],
-        "token_bytes": token_byte_lengths(tokenizer_dir), "tokenizer_file": str(tokenizer_dir / "tokenizer.json"),
+        "token_bytes": token_bytes, "tokenizer_file": str(tokenizer_dir / "tokenizer.json"),
         "peak_flops": PEAK_BF16_FLOPS,
     }
 
