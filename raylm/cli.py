@@ -4,6 +4,8 @@
     raylm run                                  # all steps, tiny preset, runs/tiny/
     raylm run --config cluster -o data.num_workers=64
     raylm sample --checkpoint runs/tiny/pretrain/hf --prompt "The package manager"
+    raylm eval --checkpoint runs/tiny/pretrain/hf runs/tiny/sft/hf --json /tmp/eval.json
+    raylm chat --checkpoint runs/tiny/sft/hf
 
 Every sub-command takes `--config PRESET_OR_FILE` (presets in raylm/configs/) and
 any number of `-o key.path=value` overrides; `raylm config` prints the result.
@@ -24,7 +26,7 @@ from raylm.config import ConfigError, RunConfig, load_config
 from raylm.data.readers import InputError
 from raylm.runs import run_step
 
-STEPS = ["data", "tokenizer", "pretrain"]  # in pipeline order; each later issue appends its step
+STEPS = ["data", "tokenizer", "pretrain", "sft", "eval"]  # in pipeline order
 
 
 def init_ray(cfg: RunConfig) -> None:
@@ -85,6 +87,58 @@ def step_pretrain(cfg: RunConfig, extra: dict | None = None):
                     inputs={"tokenizer": str(tokenizer_dir)})
 
 
+def step_sft(cfg: RunConfig, extra: dict | None = None):
+    from raylm.train.sft import run_sft
+
+    pretrain = _upstream(cfg, "pretrain")
+    init_ray(cfg)
+    base = run_dir(cfg) / "pretrain" / "hf"
+    return run_step("sft", run_dir(cfg) / "sft", {**cfg.sft.model_dump(), "upstream": pretrain["config_hash"]},
+                    lambda work: run_sft(cfg.sft, base, work, run_dir(cfg) / "ray_train", extra),
+                    inputs={"base": str(base)})
+
+
+def _val_shards(cfg: RunConfig, checkpoints) -> list[str] | None:
+    """The run's pretraining val shards for eval's bits per byte, if every checkpoint uses the run's tokenizer."""
+    from raylm.runs import read_manifest
+
+    folder = run_dir(cfg) / "tokenizer"
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return None
+    ours = (folder / "tokenizer.json").read_bytes()
+    if any((Path(c) / "tokenizer.json").read_bytes() != ours for c in checkpoints):
+        return None
+    return [str((folder / "shards" / s).resolve()) for s in manifest["metrics"]["shards"]["val"]["shards"]]
+
+
+def eval_checkpoints(cfg: RunConfig) -> dict[str, Path]:
+    """The checkpoints `raylm run` compares: every finished model step of the run, in pipeline order."""
+    return {step: run_dir(cfg) / step / "hf" for step in ("pretrain", "sft", "rl")
+            if (run_dir(cfg) / step / "manifest.json").is_file()}
+
+
+def step_eval(cfg: RunConfig):
+    from raylm.eval.capability import evaluate_many
+    from raylm.eval.report import write_report
+
+    upstream = _upstream(cfg, "sft")
+    init_ray(cfg)
+    checkpoints = eval_checkpoints(cfg)
+
+    def run(work: Path) -> dict:
+        results = evaluate_many(list(checkpoints.values()), cfg.eval, _val_shards(cfg, checkpoints.values()),
+                                cfg.pretrain.seq_len)
+        for label, result in zip(checkpoints, results):
+            result["label"] = label
+        print(write_report(results, work), flush=True)
+        return {label: r["metrics"] for label, r in zip(checkpoints, results)}
+
+    return run_step("eval", run_dir(cfg) / "eval",
+                    {**cfg.eval.model_dump(), "upstream": upstream["config_hash"], "checkpoints": list(checkpoints)},
+                    run, inputs={k: str(v) for k, v in checkpoints.items()})
+
+
 def cmd_config(cfg: RunConfig, args) -> None:
     print(yaml.safe_dump(cfg.model_dump(), sort_keys=False), end="")
 
@@ -101,6 +155,59 @@ def cmd_tokenizer(cfg: RunConfig, args) -> None:
 
 def cmd_pretrain(cfg: RunConfig, args) -> None:
     step_pretrain(cfg)
+
+
+def cmd_sft(cfg: RunConfig, args) -> None:
+    step_sft(cfg)
+
+
+def cmd_eval(cfg: RunConfig, args) -> None:
+    """With --checkpoint: those folders side by side; without: the run's eval step (base vs SFT [vs RL])."""
+    from raylm.eval.capability import evaluate_many
+    from raylm.eval.report import markdown_table, write_report
+
+    if args.seed is not None:
+        cfg.eval.seed = args.seed
+    if not args.checkpoint:
+        step = step_eval(cfg)
+        print(f"eval table: {step.step_dir / 'report.md'}")
+        if args.json:
+            Path(args.json).write_text((step.step_dir / "results.json").read_text())
+        return
+    for folder in args.checkpoint:
+        if not (Path(folder) / "config.json").is_file():
+            raise InputError(f"no HF checkpoint (config.json) in {folder}")
+    if len(args.checkpoint) > 1:
+        init_ray(cfg)
+    results = evaluate_many(args.checkpoint, cfg.eval, _val_shards(cfg, args.checkpoint), cfg.pretrain.seq_len)
+    if args.output:
+        print(write_report(results, Path(args.output), args.json))
+        return
+    print(markdown_table(results))
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+
+
+def cmd_chat(cfg: RunConfig, args) -> None:
+    from raylm.chat import chat_loop
+
+    folder = Path(args.checkpoint)
+    if not (folder / "config.json").is_file():
+        raise InputError(f"no HF checkpoint (config.json) in {folder}")
+    chat_loop(folder, system=args.system, search_db=args.search_db or _search_db(cfg),
+              temperature=args.temperature, max_tokens=args.max_tokens)
+
+
+def _search_db(cfg: RunConfig) -> Path | None:
+    """The run's search index, built from its cleaned corpus on first use."""
+    from raylm.tools.search import build_index
+
+    db, kept = run_dir(cfg) / "search.db", run_dir(cfg) / "data" / "kept"
+    if not db.is_file() and kept.is_dir():
+        build_index(kept, db)
+    return db if db.is_file() else None
 
 
 def cmd_sweep(cfg: RunConfig, args) -> None:
@@ -136,8 +243,11 @@ def cmd_run(cfg: RunConfig, args) -> None:
     step_data(cfg)
     step_tokenizer(cfg)
     step_pretrain(cfg)
-    print(f"raylm run '{cfg.name}': done; base model in {run_dir(cfg) / 'pretrain' / 'hf'}")
-    print(f"  try: raylm sample --checkpoint {run_dir(cfg) / 'pretrain' / 'hf'} --prompt 'The package manager'")
+    step_sft(cfg)
+    step_eval(cfg)
+    print(f"raylm run '{cfg.name}': done; base model in {run_dir(cfg) / 'pretrain' / 'hf'}, "
+          f"assistant in {run_dir(cfg) / 'sft' / 'hf'}, eval table in {run_dir(cfg) / 'eval' / 'report.md'}")
+    print(f"  try: raylm chat --checkpoint {run_dir(cfg) / 'sft' / 'hf'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(fn=cmd_tokenizer)
     sub.add_parser("pretrain", parents=[common], help="next-token pretraining on Ray Train; HF checkpoint"
                    ).set_defaults(fn=cmd_pretrain)
+    sub.add_parser("sft", parents=[common], help="supervised fine-tuning on conversations (Ray Train); chat checkpoint"
+                   ).set_defaults(fn=cmd_sft)
     sweep = sub.add_parser("sweep", parents=[common], help="Ray Tune (ASHA) over learning rate and batch size")
     sweep.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="comma-separated learning rates")
     sweep.add_argument("--batch-sizes", default="8,16", help="comma-separated per-worker batch sizes")
@@ -176,6 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--top-p", type=float, default=0.95)
     sample.add_argument("--seed", type=int, default=None)
     sample.set_defaults(fn=cmd_sample)
+
+    evaluate = sub.add_parser("eval", parents=[common], help="capability eval table for checkpoints")
+    evaluate.add_argument("--checkpoint", nargs="+", metavar="PATH",
+                          help="HF folders to compare (default: the run's pretrain and sft checkpoints)")
+    evaluate.add_argument("--seed", type=int, help="seed of the held-out tasks (default: config eval.seed)")
+    evaluate.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    evaluate.add_argument("--output", metavar="DIR", help="write report.md, results.json, chart.png there")
+    evaluate.set_defaults(fn=cmd_eval)
+    chat = sub.add_parser("chat", parents=[common], help="talk to a checkpoint in the terminal (streaming)")
+    chat.add_argument("--checkpoint", required=True, help="an HF folder, e.g. runs/tiny/sft/hf")
+    chat.add_argument("--system", help="system message (default: the raylm identity)")
+    chat.add_argument("--search-db", help="SQLite FTS5 index for the search tool (default: the run's)")
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--max-tokens", type=int, default=160)
+    chat.set_defaults(fn=cmd_chat)
 
     sub.add_parser("run", parents=[common], help="every step end to end, resuming finished ones"
                    ).set_defaults(fn=cmd_run)

@@ -100,8 +100,9 @@ class ModelConfig(Strict):
     tie_embeddings: bool = False
 
 
-class PretrainConfig(Strict):
-    model: ModelConfig = Field(default_factory=ModelConfig)
+class TrainConfig(Strict):
+    """The training loop's settings, shared by pretraining and SFT (raylm/train/loop.py)."""
+
     num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks)")
     use_gpu: bool = False
     steps: int = Field(300, ge=1)
@@ -124,6 +125,37 @@ class PretrainConfig(Strict):
     seed: int = 0
 
 
+class PretrainConfig(TrainConfig):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+
+
+DEFAULT_MIX = {"arithmetic": 3000, "compare": 2000, "spelling": 2000, "identity": 1500,
+               "unknown_entities": 1500, "search": 1500}
+
+
+class SftConfig(TrainConfig):
+    """SFT: generated task conversations (raylm/tasks) plus optional JSONL conversations, from the base model."""
+
+    mix: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MIX),
+                                description="conversations per task family")
+    conversations: list[str] = Field(default_factory=list, description="JSONL files in OpenAI messages format")
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="share of conversations held out for val loss")
+    seq_len: int = Field(256, ge=8, description="packed row length; at most the model's max_seq_len")
+    steps: int = Field(400, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    data_seed: int = Field(1, description="seed of the generated conversations (eval uses other seeds)")
+
+
+class EvalConfig(Strict):
+    num_per_family: int = Field(60, ge=1, description="held-out tasks per family")
+    seed: int = Field(1234, description="seed of the held-out tasks; differs from sft.data_seed")
+    max_new_tokens: int = Field(96, ge=1)
+    max_tool_rounds: int = Field(2, ge=0)
+    batch_size: int = Field(64, ge=1)
+
+
 class RunConfig(Strict):
     name: str = "tiny"
     runs_dir: str = "runs"
@@ -131,6 +163,8 @@ class RunConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from raylm.model.gpt import GPT, GPTConfig
 from raylm.tokenizer.bpe import EOS
+from raylm.tokenizer.chat import CHAT_TEMPLATE, IM_END
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -53,7 +54,27 @@ def state_dict_for_export(model: GPT) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_pretrained(model: GPT, folder: Path, tokenizer_dir: Path | None = None) -> Path:
+def make_chat_checkpoint(folder: Path) -> None:
+    """Turn an exported checkpoint into a chat model's: the chat template, and <|im_end|> ends generation.
+
+    split_special_tokens goes off so that apply_chat_template (and vLLM, which
+    tokenizes the rendered template) reads the control tokens the template writes;
+    raylm's own renderer still never lets user text become a control token.
+    """
+    folder = Path(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.update(chat_template=CHAT_TEMPLATE, eos_token=IM_END, split_special_tokens=False)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    special = json.loads((folder / "special_tokens_map.json").read_text())
+    (folder / "special_tokens_map.json").write_text(json.dumps({**special, "eos_token": IM_END}, indent=2))
+    ids = {t["content"]: t["id"] for t in json.loads((folder / "tokenizer.json").read_text())["added_tokens"]}
+    generation = json.loads((folder / "generation_config.json").read_text())
+    generation["eos_token_id"] = [ids[IM_END], ids[EOS]]
+    (folder / "generation_config.json").write_text(json.dumps(generation))
+
+
+def save_pretrained(model: GPT, folder: Path, tokenizer_dir: Path | None = None, chat: bool = False) -> Path:
+    """`chat=True` for SFT/RL checkpoints: adds the chat template (make_chat_checkpoint)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     eos_id = None
@@ -66,6 +87,8 @@ def save_pretrained(model: GPT, folder: Path, tokenizer_dir: Path | None = None)
     (folder / "config.json").write_text(json.dumps(hf_config(model.cfg, eos_id), indent=2))
     (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": eos_id, "eos_token_id": eos_id}))
     save_file(state_dict_for_export(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if chat:
+        make_chat_checkpoint(folder)
     return folder
 
 

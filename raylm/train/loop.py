@@ -1,4 +1,4 @@
-"""The per-worker training loop shared by pretraining (and, next, SFT): runs inside Ray Train.
+"""The per-worker training loop shared by pretraining and SFT: runs inside Ray Train.
 
 Everything that is not the model lives here: DDP (gloo on CPU, nccl on GPU, applied
 by ray.train.torch.prepare_model), bf16 autocast and torch.compile on GPU, AdamW
@@ -6,6 +6,11 @@ with warmup + cosine or WSD schedule, gradient accumulation and clipping, a
 deterministic data order that is a pure function of the step (so a restored run
 reads exactly the batches it would have read), metrics, val loss and bits per
 byte, sample generations, and checkpoints reported through ray.train.report.
+
+Pretraining reads token shards (TokenStream: every token is a target); SFT reads
+packed conversation rows with a loss mask (PackedRows: only assistant tokens are
+targets) and starts from a checkpoint (`init_checkpoint`). Both give batches of
+(tokens, mask), so the loop itself does not know which step it is running.
 
 The same function runs in one plain process (`run_without_ray`) for tests and
 for benchmarks/pretrain_cpu.py, which measures what Ray adds.
@@ -63,8 +68,56 @@ class TokenStream:
             self._perm_epoch = epoch
         return self._tokens(int(self._perm[index]) * self.seq_len, self.seq_len + 1)
 
-    def batch(self, first: int, size: int) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self.sample(first + i) for i in range(size)]))
+    def batch(self, first: int, size: int) -> tuple[torch.Tensor, None]:
+        return torch.from_numpy(np.stack([self.sample(first + i) for i in range(size)])), None
+
+
+class PackedRows:
+    """Rows of whole conversations packed to seq_len + 1 tokens, with a loss mask (raylm/train/sft.py writes them).
+
+    Row k of the run is row perm_epoch[k % N]: the same pure-function-of-the-step
+    order as TokenStream, so SFT resumes exactly too.
+    """
+
+    def __init__(self, path: Path, seed: int):
+        packed = np.load(path)
+        self.tokens, self.mask = packed["tokens"], packed["mask"]
+        self.num_sequences, self.seed = len(self.tokens), seed
+        if self.num_sequences < 1:
+            raise ValueError(f"{path} holds no rows")
+        self._perm_epoch, self._perm = -1, None
+
+    def row(self, k: int) -> int:
+        epoch, index = divmod(k, self.num_sequences)
+        if self.seed is None:  # val: always the same rows in file order
+            return index
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_sequences)
+            self._perm_epoch = epoch
+        return int(self._perm[index])
+
+    def batch(self, first: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.row(k) for k in range(first, first + size)]
+        tokens = torch.from_numpy(self.tokens[rows].astype(np.int64))
+        return tokens, torch.from_numpy(self.mask[rows, 1:].astype(np.float32))
+
+
+def open_stream(config: dict, split: str):
+    """The batches of one split: packed conversation rows if the step wrote them, else token shards."""
+    if config.get(f"{split}_rows"):
+        return PackedRows(Path(config[f"{split}_rows"]), config["seed"] if split == "train" else None)
+    seed = config["seed"] if split == "train" else 0
+    return TokenStream([Path(p) for p in config[f"{split}_shards"]], config["seq_len"], seed)
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None,
+               reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy per target token; with a mask, only masked-in tokens count (mean over them)."""
+    nats = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    if mask is None:
+        return nats.mean() if reduction == "mean" else nats
+    mask = mask.flatten().to(nats.device)
+    return (nats * mask).sum() / mask.sum().clamp(min=1) if reduction == "mean" else nats * mask
 
 
 def lr_at(step: int, cfg: dict) -> float:
@@ -80,22 +133,24 @@ def lr_at(step: int, cfg: dict) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: GPT, stream: TokenStream, token_bytes: torch.Tensor, batches: int, batch_size: int,
+def evaluate(model: GPT, stream, token_bytes: torch.Tensor, batches: int, batch_size: int,
              device, autocast) -> dict:
-    """Val loss (nats/token) and bits per byte over the first `batches` val batches (the same every time)."""
+    """Val loss (nats/target token) and bits per byte over the first `batches` val batches (the same every time)."""
     model.eval()
     total_nats, total_bytes, total_tokens = 0.0, 0, 0
     n = min(batches * batch_size, stream.num_sequences)
     for first in range(0, n, batch_size):
-        seqs = stream.batch(first, min(batch_size, n - first)).to(device)
+        seqs, mask = stream.batch(first, min(batch_size, n - first))
+        seqs = seqs.to(device)
         with autocast:
             logits = model(seqs[:, :-1])
-        nats = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), seqs[:, 1:].flatten(), reduction="none")
+        nats = token_loss(logits, seqs[:, 1:], mask, reduction="none")
+        weights = torch.ones_like(nats) if mask is None else mask.flatten()
         total_nats += nats.sum().item()
-        total_tokens += nats.numel()
-        total_bytes += int(token_bytes[seqs[:, 1:].flatten().cpu()].sum())
+        total_tokens += int(weights.sum())
+        total_bytes += int((token_bytes[seqs[:, 1:].flatten().cpu()] * weights.cpu()).sum())
     model.train()
-    return {"val_loss": total_nats / total_tokens, "val_bpb": total_nats / math.log(2) / max(1, total_bytes)}
+    return {"val_loss": total_nats / max(1, total_tokens), "val_bpb": total_nats / math.log(2) / max(1, total_bytes)}
 
 
 def _save_state(folder: Path, model: GPT, optimizer, step: int, history: list[dict]) -> None:
@@ -143,6 +198,10 @@ def build(config: dict, device, state: dict | None):
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=config["lr"], betas=(0.9, 0.95), fused=device.type == "cuda")
     start = 0
+    if state is None and config.get("init_checkpoint"):  # SFT/RL start from an earlier step's weights
+        from raylm.model.hf import load_pretrained
+
+        model.load_state_dict(load_pretrained(config["init_checkpoint"]).state_dict())
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -156,14 +215,14 @@ def run(config: dict, model: GPT, ddp, optimizer, start: int, rank: int, world: 
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     forward = torch.compile(ddp) if cuda and config["compile"] else ddp
-    train = TokenStream([Path(p) for p in config["train_shards"]], config["seq_len"], config["seed"])
-    val = TokenStream([Path(p) for p in config["val_shards"]], config["seq_len"], seed=0)
+    train, val = open_stream(config, "train"), open_stream(config, "val")
+    tag = f"[{config.get('step_name', 'pretrain')}]"
     token_bytes = torch.tensor(config["token_bytes"], dtype=torch.int64)
     batch, accum, steps = config["batch_size"], config["grad_accum"], config["steps"]
     tokens_per_step = batch * accum * world * config["seq_len"]
     flops_per_token = model.flops_per_token(config["seq_len"])
     if rank == 0 and restored:
-        print(f"[pretrain] restored from checkpoint at step {start}", flush=True)
+        print(f"{tag} restored from checkpoint at step {start}", flush=True)
     last_log, last_step = time.time(), start
     for step in range(start, steps):
         lr = lr_at(step, config)
@@ -172,11 +231,12 @@ def run(config: dict, model: GPT, ddp, optimizer, start: int, rank: int, world: 
         loss_sum = 0.0
         for micro in range(accum):
             first = ((step * accum + micro) * world + rank) * batch
-            seqs = train.batch(first, batch).to(device, non_blocking=True)
+            seqs, mask = train.batch(first, batch)
+            seqs = seqs.to(device, non_blocking=True)
             sync = nullcontext() if micro == accum - 1 or not hasattr(ddp, "no_sync") else ddp.no_sync()
             with sync, autocast:
                 logits = forward(seqs[:, :-1])
-                loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), seqs[:, 1:].flatten())
+                loss = token_loss(logits, seqs[:, 1:], mask)
                 (loss / accum).backward()
             loss_sum += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"] or float("inf"))
@@ -193,33 +253,41 @@ def run(config: dict, model: GPT, ddp, optimizer, start: int, rank: int, world: 
                 metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / (config["peak_flops"] * world)
             last_log, last_step = time.time(), done
             if rank == 0:
-                print(f"[pretrain] step {done}/{steps} loss {metrics['loss']:.4f} lr {lr:.2e} "
+                print(f"{tag} step {done}/{steps} loss {metrics['loss']:.4f} lr {lr:.2e} "
                       f"{metrics['tokens_per_s']:,.0f} tok/s", flush=True)
         if done % config["eval_every"] == 0 or done == steps:
             metrics.update(evaluate(model, val, token_bytes, config["eval_batches"], batch, device, autocast))
             if rank == 0:
-                print(f"[pretrain] step {done} val loss {metrics['val_loss']:.4f} "
+                print(f"{tag} step {done} val loss {metrics['val_loss']:.4f} "
                       f"val bpb {metrics['val_bpb']:.4f}", flush=True)
         if rank == 0 and (done == steps or (config["sample_every"] and done % config["sample_every"] == 0)):
             for prompt, text in sample(model, config).items():
-                print(f"[pretrain] sample {prompt!r} -> {text!r}", flush=True)
+                print(f"{tag} sample {prompt!r} -> {text!r}", flush=True)
         save = done % config["checkpoint_every"] == 0 or done == steps
         if "tokens_per_s" in metrics or "val_loss" in metrics or save:  # a report is a sync point: not every step
             report(metrics, done, save)
 
 
 def sample(model: GPT, config: dict) -> dict[str, str]:
-    """A few greedy continuations, decoded; for the log, so progress can be read, not just plotted."""
+    """A few greedy continuations (or, with `chat_samples`, assistant replies), decoded; for the log."""
     from tokenizers import Tokenizer
+
+    from raylm.tokenizer.chat import ChatFormat
 
     tok = Tokenizer.from_file(config["tokenizer_file"])
     tok.encode_special_tokens = True
     engine = Engine(model)
-    prompts = config.get("sample_prompts") or ["The package manager", "To install Debian"]
-    eos = tok.token_to_id("<|endoftext|>")
-    outs = engine.generate([[eos, *tok.encode(p).ids] for p in prompts], 24, temperature=0, stop_ids=(eos,))
+    if config.get("chat_samples"):
+        chat = ChatFormat(tok)
+        prompts = config["chat_samples"]
+        ids = [chat.prompt([{"role": "user", "content": p}]) for p in prompts]
+        outs = engine.generate(ids, 48, temperature=0, stop_ids=chat.stop_ids)
+    else:
+        prompts = config.get("sample_prompts") or ["The package manager", "To install Debian"]
+        eos = tok.token_to_id("<|endoftext|>")
+        outs = engine.generate([[eos, *tok.encode(p).ids] for p in prompts], 24, temperature=0, stop_ids=(eos,))
     model.train()
-    return {p: tok.decode(o) for p, o in zip(prompts, outs)}
+    return {p: tok.decode(o, skip_special_tokens=False) for p, o in zip(prompts, outs)}
 
 
 def run_without_ray(config: dict) -> list[dict]:

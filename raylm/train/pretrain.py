@@ -3,10 +3,7 @@
     raylm pretrain                      # runs/<name>/tokenizer -> runs/<name>/pretrain/hf
 
 Ray Train keeps its checkpoints in runs/<name>/ray_train/pretrain-<config hash>/,
-outside the step folder: rerunning the same run name with the same config
-resumes from the latest checkpoint (Ray Train V2 restores a run from its storage
-path and name), and FailureConfig(max_failures) restarts the worker group from the
-last checkpoint when a worker dies mid-run.
+outside the step folder, so rerunning the same config resumes (raylm/train/trainer.py).
 """
 
 from __future__ import annotations
@@ -14,13 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from raylm.config import PretrainConfig
-from raylm.model.gpt import GPT, GPTConfig
 from raylm.model.hf import save_pretrained
 from raylm.runs import config_hash, read_manifest
-from raylm.train.loop import CHECKPOINT_FILE, train_loop
+from raylm.train.trainer import fit, model_from_state, plot_losses
 
 PEAK_BF16_FLOPS = 989e12  # H100 SXM dense bf16; MFU is reported against it on GPU
 
@@ -53,46 +47,14 @@ def loop_config(cfg: PretrainConfig, tokenizer_dir: Path) -> dict:
     }
 
 
-def plot_losses(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([m["step"] for m in history], [m["loss"] for m in history], label="train loss", lw=1)
-    evals = [m for m in history if "val_loss" in m]
-    ax.plot([m["step"] for m in evals], [m["val_loss"] for m in evals], "o-", label="val loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats / token")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def run_pretrain(cfg: PretrainConfig, tokenizer_dir: Path, out_dir: Path, storage_dir: Path,
                  extra: dict | None = None) -> dict:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     config = {**loop_config(cfg, tokenizer_dir), **(extra or {})}
     name = f"pretrain-{config_hash(cfg.model_dump())}"  # same config, same name: a rerun resumes
     print(f"[pretrain] {cfg.num_workers} Ray Train workers, {cfg.steps} steps; checkpoints in {storage_dir / name}",
           flush=True)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
-        run_config=RunConfig(name=name, storage_path=str(Path(storage_dir).resolve()),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    model = GPT(GPTConfig(**state["model_config"]))
-    model.load_state_dict(state["model"])
+    state = fit(config, cfg.num_workers, cfg.use_gpu, cfg.max_failures, storage_dir, name)
+    model = model_from_state(state)
     save_pretrained(model, Path(out_dir) / "hf", tokenizer_dir=tokenizer_dir)
     (Path(out_dir) / "history.json").write_text(json.dumps(state["history"]))
     plot_losses(state["history"], Path(out_dir) / "loss.png")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import signal
@@ -10,33 +9,8 @@ import threading
 import time
 
 import psutil
-import pyarrow as pa
-import pyarrow.parquet as pq
-import pytest
 
-from raylm.config import ModelConfig, PretrainConfig, TokenizerConfig
-from raylm.data.clean import extract_text
-from raylm.data.readers import iter_warc
-from raylm.runs import run_step
-from raylm.tokenizer.step import run_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(ray_session, sample_files, tmp_path_factory):
-    """A tokenizer and shards from the sample crawl's English pages (extraction only, to stay quick)."""
-    root = tmp_path_factory.mktemp("pretrain")
-    rows = []
-    for path in sample_files:
-        with gzip.open(path) as stream:
-            for row in iter_warc(stream, str(path)):
-                text = extract_text(row["html"], "resiliparse") if row["html"] else ""
-                if len(text) > 500 and "debian-handbook.info/browse/stable" in row["url"]:
-                    rows.append({"id": row["id"], "text": text})
-    (root / "kept").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows), root / "kept" / "part-0.parquet")
-    cfg = TokenizerConfig(vocab_size=1024, shard_tokens=100_000, val_fraction=0.1)
-    run_step("tokenizer", root / "tokenizer", {}, lambda work: run_tokenizer(cfg, root / "kept", work))
-    return root / "tokenizer"
+from raylm.config import ModelConfig, PretrainConfig
 
 
 def registered_checkpoint(storage) -> bool:
@@ -57,7 +31,7 @@ def kill_a_train_worker() -> int:
     raise AssertionError("no Ray Train worker process found")
 
 
-def test_pretrain_survives_a_killed_worker_and_learns(tokenizer_dir, tmp_path):
+def test_pretrain_survives_a_killed_worker_and_learns(sample_tokenizer, tmp_path):
     from raylm.model.hf import load_pretrained
     from raylm.train.pretrain import run_pretrain
 
@@ -66,7 +40,7 @@ def test_pretrain_survives_a_killed_worker_and_learns(tokenizer_dir, tmp_path):
                          log_every=20, eval_every=150, checkpoint_every=20, max_failures=2)
     storage = tmp_path / "ray_train"
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(run_pretrain(cfg, tokenizer_dir, tmp_path, storage)))
+    thread = threading.Thread(target=lambda: result.update(run_pretrain(cfg, sample_tokenizer, tmp_path, storage)))
     thread.start()
     deadline = time.time() + 300
     while not registered_checkpoint(storage):  # kill only once the controller has the checkpoint

@@ -1,0 +1,116 @@
+"""The capability eval: one row of metrics per checkpoint (base, SFT, RL), on freshly generated tasks.
+
+    metrics = evaluate_checkpoint("runs/tiny/sft/hf", EvalConfig(), val_shards=[...])
+
+Held-out tasks come from raylm/tasks with the eval seed (SFT data uses another),
+`num_per_family` of each family. Every prompt is answered greedily through the
+conversation protocol with the tools run between rounds (raylm/tools/runner.py);
+the search tool serves each task's own documents. Metrics:
+
+- acc/<family>: the family's checker on the reply, worked steps allowed;
+- direct/<family>: the same with the reply forced to start with "Answer:" (no room to think);
+- refusal_rate: "I don't know" on questions about made-up people (higher is better);
+- false_refusal_rate: "I don't know" on answerable questions (lower is better);
+- identity_consistency: the name/maker from the system message in the answer;
+- tool_call_validity: search questions answered by a well-formed call of a known tool;
+- protocol_adherence: replies that end their turn with <|im_end|> and nothing malformed;
+- val_bpb: bits per byte on the pretraining val shards (the base model's yardstick).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from raylm.config import EvalConfig
+from raylm.model.engine import Engine
+from raylm.model.hf import load_pretrained
+from raylm.tasks import families, generate_tasks, is_refusal
+from raylm.tasks.knowledge import search_documents
+from raylm.tokenizer.bpe import load
+from raylm.tokenizer.chat import CALL_START, IM_START, ChatFormat
+from raylm.tools.calculator import calculate
+from raylm.tools.runner import complete
+
+KNOWN_TOOLS = ("search", "calculator")
+
+
+def val_bpb(model, folder: Path, val_shards: list[str], seq_len: int, batches: int = 8, batch_size: int = 16) -> float:
+    from raylm.train.loop import TokenStream, evaluate
+    from raylm.train.pretrain import token_byte_lengths
+
+    stream = TokenStream([Path(p) for p in val_shards], min(seq_len, model.cfg.max_seq_len - 1), seed=0)
+    token_bytes = torch.tensor(token_byte_lengths(folder), dtype=torch.int64)
+    return evaluate(model, stream, token_bytes, batches, batch_size, torch.device("cpu"), nullcontext())["val_bpb"]
+
+
+def _well_formed(reply, chat: ChatFormat) -> bool:
+    """Ended its turn, no stray turn header inside, every tool call closed."""
+    text = reply.text
+    return reply.finished and IM_START not in text and text.count(CALL_START) == len(reply.tool_calls)
+
+
+def evaluate_checkpoint(folder: str | Path, cfg: EvalConfig, val_shards: list[str] | None = None,
+                        seq_len: int = 128) -> dict:
+    folder = Path(folder)
+    started = time.time()
+    chat = ChatFormat(load(folder))
+    model = load_pretrained(folder)
+    engine = Engine(model)
+    tasks = generate_tasks({name: cfg.num_per_family for name in families()}, cfg.seed)
+    tools = [{"search": lambda q, docs=t.documents: search_documents(docs, q), "calculator": calculate}
+             for t in tasks]
+    replies = complete(engine, chat, [chat.prompt(t.messages) for t in tasks], tools, cfg.max_new_tokens,
+                       cfg.max_tool_rounds, temperature=0.0, batch_size=cfg.batch_size)
+    metrics: dict[str, float] = {}
+    checkers = families()
+    right = [bool(checkers[t.family][1](t, r.answer)) for t, r in zip(tasks, replies)]
+    for name in checkers:
+        picked = [ok for t, ok in zip(tasks, right) if t.family == name]
+        metrics[f"acc/{name}"] = sum(picked) / len(picked)
+
+    # Direct answers: the reply is forced to begin "Answer:", so no worked steps fit before the answer.
+    direct = [t for t in tasks if t.direct_ok]
+    prefix = chat.text("Answer:")
+    outs = complete(engine, chat, [chat.prompt(t.messages) + prefix for t in direct], None, 16, 0,
+                    batch_size=cfg.batch_size)
+    for name in sorted({t.family for t in direct}):
+        picked = [checkers[name][1](t, "Answer:" + r.answer) for t, r in zip(direct, outs) if t.family == name]
+        metrics[f"direct/{name}"] = sum(picked) / len(picked)
+
+    made_up = [r for t, r in zip(tasks, replies) if t.family == "unknown_entities" and t.expects_refusal]
+    answerable = [r for t, r in zip(tasks, replies) if not t.expects_refusal]
+    metrics["refusal_rate"] = sum(is_refusal(r.answer) for r in made_up) / max(1, len(made_up))
+    metrics["false_refusal_rate"] = sum(is_refusal(r.answer) for r in answerable) / max(1, len(answerable))
+    with_system = [ok for t, ok in zip(tasks, right) if t.family == "identity" and t.messages[0]["role"] == "system"]
+    metrics["identity_consistency"] = sum(with_system) / max(1, len(with_system))
+    searches = [r for t, r in zip(tasks, replies) if t.uses_tools]
+    metrics["tool_call_validity"] = sum(
+        bool(r.tool_calls) and all(name in KNOWN_TOOLS and argument for name, argument in r.tool_calls)
+        for r in searches) / max(1, len(searches))
+    metrics["protocol_adherence"] = sum(_well_formed(r, chat) for r in replies) / len(replies)
+    metrics["val_bpb"] = val_bpb(model, folder, val_shards, seq_len) if val_shards else math.nan
+    metrics["mean_reply_tokens"] = sum(r.generated for r in replies) / len(replies)
+    examples = {}
+    for t, r in zip(tasks, replies):
+        examples.setdefault(t.family, {"prompt": t.messages[-1]["content"], "reply": r.text})
+    return {"checkpoint": str(folder), "metrics": metrics, "num_tasks": len(tasks), "seed": cfg.seed,
+            "seconds": time.time() - started, "examples": examples}
+
+
+def evaluate_many(checkpoints: list[str | Path], cfg: EvalConfig, val_shards: list[str] | None = None,
+                  seq_len: int = 128) -> list[dict]:
+    """Each checkpoint in its own Ray task (one CPU each) when Ray is up, so a cluster evaluates them at once."""
+    import ray
+
+    for folder in checkpoints:
+        if not (Path(folder) / "config.json").is_file():
+            raise FileNotFoundError(f"no HF checkpoint (config.json) in {folder}")
+    if not ray.is_initialized():
+        return [evaluate_checkpoint(c, cfg, val_shards, seq_len) for c in checkpoints]
+    task = ray.remote(num_cpus=1)(evaluate_checkpoint)
+    return ray.get([task.remote(str(c), cfg, val_shards, seq_len) for c in checkpoints])

@@ -1,0 +1,60 @@
+"""Multi-step arithmetic word problems, solved one operation per line before the answer.
+
+    Mia has 13 pens. She gives away 4 and shares the rest equally among 3 friends.
+    How many pens does each friend get?
+    -> 13 - 4 = 9\\n9 / 3 = 3\\nAnswer: 3
+
+A model spends a fixed amount of compute per token, so it needs the intermediate
+lines to get multi-step problems right; eval measures accuracy with and without them.
+"""
+
+from __future__ import annotations
+
+import random
+
+from raylm.tasks import Task, extract_answer, numbers_equal
+from raylm.tasks.identity import random_system
+from raylm.tasks.words import ITEMS, PEOPLE
+
+
+def _share(rng: random.Random, who: str, pronoun: str, item: str):
+    friends = rng.randint(2, 5)
+    each = rng.randint(1, 9)
+    given = rng.randint(1, 9)
+    total = friends * each + given
+    question = (f"{who} has {total} {item}. {pronoun} gives away {given} and shares the rest equally "
+                f"among {friends} friends. How many {item} does each friend get?")
+    return question, [f"{total} - {given} = {total - given}", f"{total - given} / {friends} = {each}"], each
+
+
+def _buy_and_give(rng: random.Random, who: str, pronoun: str, item: str):
+    start, bought = rng.randint(2, 20), rng.randint(1, 9)
+    given = rng.randint(1, start + bought - 1)
+    question = (f"{who} has {start} {item}. {pronoun} buys {bought} more and then gives {given} away. "
+                f"How many {item} does {who} have now?")
+    return question, [f"{start} + {bought} = {start + bought}",
+                      f"{start + bought} - {given} = {start + bought - given}"], start + bought - given
+
+
+def _boxes(rng: random.Random, who: str, pronoun: str, item: str):
+    per_box, boxes = rng.randint(2, 9), rng.randint(2, 5)
+    used = rng.randint(1, per_box * boxes - 1)
+    question = (f"A box holds {per_box} {item}. {who} buys {boxes} boxes and uses {used} {item}. "
+                f"How many {item} are left?")
+    return question, [f"{per_box} * {boxes} = {per_box * boxes}",
+                      f"{per_box * boxes} - {used} = {per_box * boxes - used}"], per_box * boxes - used
+
+
+TEMPLATES = (_share, _buy_and_give, _boxes)
+
+
+def generate(rng: random.Random) -> Task:
+    who, pronoun = rng.choice(PEOPLE)
+    question, steps, result = rng.choice(TEMPLATES)(rng, who, pronoun, rng.choice(ITEMS))
+    solution = "\n".join(steps) + f"\nAnswer: {result}"
+    return Task("arithmetic", random_system(rng, 0.25) + [{"role": "user", "content": question}],
+                [{"role": "assistant", "content": solution}], str(result), direct_ok=True)
+
+
+def check(task: Task, reply: str) -> bool:
+    return numbers_equal(extract_answer(reply), task.answer)

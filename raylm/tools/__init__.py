@@ -1,0 +1,1 @@
+"""Tools the assistant can call (search, calculator) and the loop that runs them during generation."""

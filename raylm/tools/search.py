@@ -1,0 +1,64 @@
+"""The search tool: a SQLite FTS5 full-text index over the cleaned corpus (BM25 ranking).
+
+    build_index(Path("runs/tiny/data/kept"), Path("runs/tiny/search.db"))
+    SearchIndex("runs/tiny/search.db").search("package manager", k=3)   # -> text for the model
+
+SQLite ships with Python and FTS5 is a real search engine (tokenizer, inverted
+index, bm25), so the assistant's search needs no service. Documents are split
+into passages of ~PASSAGE_WORDS words: a small model's context holds a passage,
+not a page, so results are the best passages, cut to `max_chars` in total.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+PASSAGE_WORDS = 60
+
+
+def _passages(text: str) -> list[str]:
+    words = text.split()
+    return [" ".join(words[i:i + PASSAGE_WORDS]) for i in range(0, len(words), PASSAGE_WORDS)]
+
+
+def build_index(kept_dir: Path, db_path: Path) -> dict:
+    """Index every passage of the kept parquet files; returns counts. Rebuilds from scratch."""
+    import pyarrow.parquet as pq
+
+    db_path = Path(db_path)
+    db_path.unlink(missing_ok=True)
+    files = sorted(Path(kept_dir).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no parquet files in {kept_dir}")
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE VIRTUAL TABLE passages USING fts5(url UNINDEXED, text, tokenize='porter unicode61')")
+        documents = passages = 0
+        for file in files:
+            table = pq.read_table(file, columns=["url", "text"])
+            for url, text in zip(table["url"].to_pylist(), table["text"].to_pylist()):
+                rows = [(url, p) for p in _passages(text or "")]
+                db.executemany("INSERT INTO passages (url, text) VALUES (?, ?)", rows)
+                documents += 1
+                passages += len(rows)
+    return {"documents": documents, "passages": passages, "path": str(db_path)}
+
+
+class SearchIndex:
+    def __init__(self, db_path: str | Path):
+        if not Path(db_path).is_file():
+            raise FileNotFoundError(f"no search index at {db_path} (built by `raylm serve` from the data step)")
+        # read-only and shareable between threads: a Serve replica answers requests concurrently
+        self.db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
+
+    def search(self, query: str, k: int = 2, max_chars: int = 400) -> str:
+        terms = re.findall(r"\w+", query.lower())[:12]
+        if not terms:
+            return "No results."
+        match = " OR ".join(f'"{t}"' for t in terms)  # quoted: user text is never FTS5 syntax
+        rows = self.db.execute("SELECT url, text FROM passages WHERE passages MATCH ? ORDER BY bm25(passages) "
+                               "LIMIT ?", (match, k)).fetchall()
+        if not rows:
+            return "No results."
+        return "\n".join(f"{text} ({url})" for url, text in rows)[:max_chars]

@@ -1,0 +1,64 @@
+"""Run the shared training loop on Ray Train (TorchTrainer, V2 API) and collect what it left behind.
+
+    state = fit(loop_config, num_workers=2, use_gpu=False, max_failures=2,
+                storage_dir=Path("runs/tiny/ray_train"), name="sft-<hash>")
+    state["model"], state["history"], state["metrics"]
+
+Ray Train keeps checkpoints under storage_dir/name: the same name with the same
+storage resumes from the latest checkpoint (Ray Train V2 restores a run from its
+storage path and name), and FailureConfig(max_failures) restarts the worker group
+from the last checkpoint when a worker dies. Pretraining and SFT both call this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from raylm.model.gpt import GPT, GPTConfig
+from raylm.train.loop import CHECKPOINT_FILE, train_loop
+
+
+def fit(config: dict, num_workers: int, use_gpu: bool, max_failures: int, storage_dir: Path, name: str) -> dict:
+    """Train on `num_workers` Ray Train workers; return the final checkpoint's state (model, history, metrics)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(name=name, storage_path=str(Path(storage_dir).resolve()),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+
+
+def model_from_state(state: dict) -> GPT:
+    model = GPT(GPTConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model
+
+
+def plot_losses(history: list[dict], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([m["step"] for m in history], [m["loss"] for m in history], label="train loss", lw=1)
+    evals = [m for m in history if "val_loss" in m]
+    ax.plot([m["step"] for m in evals], [m["val_loss"] for m in evals], "o-", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats / token")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,61 @@
+"""Task families: seeded, and every checker accepts the right answer and rejects wrong ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from raylm.tasks import check, families, generate_tasks
+from raylm.tasks.conversations import ConversationError, load_conversations
+
+
+def wrong_answers(task) -> list[str]:
+    """Replies a checker must reject: another number/word, no answer line, a refusal where one is wrong."""
+    final = task.solution[-1]["content"]
+    wrong = ["", "Answer: qwxz", "Answer: 99999", final.replace(task.answer, task.answer + "7")]
+    if task.expects_refusal:
+        return ["It was built in 1873.\nAnswer: 1873", "Zorblat was a famous painter."]
+    if task.family in ("identity", "unknown_entities"):
+        return ["I am Somebody Else, an assistant made by Other Labs.", "I don't know who that is."]
+    return wrong + ["I don't know."]
+
+
+@pytest.mark.parametrize("family", sorted(families()))
+def test_checker_accepts_right_and_rejects_wrong(family):
+    tasks = generate_tasks({family: 200}, seed=7)
+    for task in tasks:
+        assert check(task, task.solution[-1]["content"]), (family, task)
+        for reply in wrong_answers(task):
+            assert not check(task, reply), (family, task.messages, reply)
+
+
+def test_generation_is_seeded_and_seeds_differ():
+    counts = {name: 20 for name in families()}
+    first, again, other = (generate_tasks(counts, 1), generate_tasks(counts, 1), generate_tasks(counts, 2))
+    assert [t.messages for t in first] == [t.messages for t in again]
+    assert [t.messages for t in first] != [t.messages for t in other]
+    with pytest.raises(ValueError, match="unknown task families"):
+        generate_tasks({"astrology": 1}, 0)
+
+
+def test_worked_solutions_show_their_steps():
+    arithmetic = generate_tasks({"arithmetic": 30}, 0)
+    assert all(t.solution[0]["content"].count(" = ") == 2 for t in arithmetic)  # two steps before the answer
+    compare = [t for t in generate_tasks({"compare": 300}, 0) if "Decimals:" in t.solution[0]["content"]]
+    assert compare, "the same-whole-part case (9.11 vs 9.9) is generated"
+    search = generate_tasks({"search": 20}, 0)
+    assert all(t.solution[0]["tool_calls"] and t.solution[1]["role"] == "tool" for t in search)
+
+
+def test_jsonl_import_names_the_bad_line(tmp_path):
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+    path = tmp_path / "conversations.jsonl"
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps(good) + "\n")
+    assert len(load_conversations(path)) == 2
+    for bad, problem in [("{not json", "not valid JSON"), ('{"text": "x"}', '"messages" list'),
+                         ('{"messages": [{"role": "robot", "content": "x"}]}', "role must be"),
+                         ('{"messages": [{"role": "user", "content": "only a question"}]}', "no assistant")]:
+        path.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n" + bad + "\n")
+        with pytest.raises(ConversationError, match=rf"conversations.jsonl:3: .*{problem}"):
+            load_conversations(path)

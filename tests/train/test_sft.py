@@ -1,0 +1,74 @@
+"""SFT on Ray Train: a base model learns the protocol; the eval table and the chat CLI read the result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from raylm.config import SftConfig
+
+
+@pytest.fixture(scope="module")
+def base_and_sft(sample_tokenizer, tmp_path_factory):
+    """A freshly initialised base model (pretraining is tested elsewhere) and its SFT on two short families."""
+    from raylm.model.gpt import GPT, GPTConfig
+    from raylm.model.hf import save_pretrained
+    from raylm.train.sft import run_sft
+
+    root = tmp_path_factory.mktemp("sft")
+    base = save_pretrained(GPT(GPTConfig(vocab_size=1024, dim=64, n_layers=2, n_heads=2, n_kv_heads=1,
+                                         max_seq_len=128)), root / "base" / "hf", tokenizer_dir=sample_tokenizer)
+    cfg = SftConfig(mix={"identity": 300, "unknown_entities": 300}, seq_len=128, steps=120, batch_size=8,
+                    lr=3e-3, warmup_steps=10, log_every=20, eval_every=60, checkpoint_every=60)
+    (root / "sft").mkdir()
+    result = run_sft(cfg, base, root / "sft", root / "ray_train")
+    return base, root / "sft" / "hf", result
+
+
+def test_sft_learns_on_assistant_tokens_and_exports_a_chat_model(base_and_sft):
+    from transformers import AutoTokenizer
+
+    _, sft, result = base_and_sft
+    history = json.loads((sft.parent / "history.json").read_text())
+    evals = [m["val_loss"] for m in history if "val_loss" in m]
+    assert result["steps"] == 120 and evals[-1] < 0.5 * history[0]["loss"]
+    data = result["data"]
+    assert data["too_long"] == 0 and data["train"]["rows"] < data["train"]["conversations"]  # packed
+    assert 0 < data["train"]["trained_tokens"] < 0.6 * data["train"]["rows"] * 129  # only assistant tokens
+    assert AutoTokenizer.from_pretrained(sft).chat_template
+
+
+def test_eval_table_moves_from_base_to_sft(base_and_sft, tmp_path):
+    from raylm.cli import main
+
+    base, sft, _ = base_and_sft
+    assert main(["eval", "--checkpoint", str(base), str(sft), "--output", str(tmp_path),
+                 "-o", "eval.num_per_family=12", "--json", str(tmp_path / "eval.json")]) == 0
+    base_row, sft_row = (r["metrics"] for r in json.loads((tmp_path / "eval.json").read_text()))
+    assert base_row["protocol_adherence"] == 0.0 and sft_row["protocol_adherence"] >= 0.8
+    assert sft_row["refusal_rate"] > base_row["refusal_rate"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| metric | base | sft |" in report and "protocol_adherence" in report
+    assert (tmp_path / "chart.png").stat().st_size > 1000
+    assert main(["eval", "--checkpoint", str(tmp_path)]) == 2  # not a checkpoint: one-line error
+
+
+def test_chat_cli_streams_a_reply(base_and_sft):
+    from raylm.chat import chat_loop
+
+    _, sft, _ = base_and_sft
+    lines = iter(["What is your name?", "/system You are Quorel, an assistant made by Brightwave.", "Who are you?"])
+    out: list[str] = []
+
+    def read(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    messages = chat_loop(sft, read=read, write=out.append, max_tokens=40)
+    transcript = "".join(out)
+    assert transcript.count("assistant> ") == 2 and "(new conversation)" in transcript
+    assert messages[0]["content"].startswith("You are Quorel") and messages[-1]["role"] == "assistant"
+    assert messages[-1]["content"].startswith("I ")  # the learned opening of both families' answers
