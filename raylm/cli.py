@@ -24,9 +24,21 @@ import yaml
 
 from raylm.config import ConfigError, RunConfig, load_config
 from raylm.data.readers import InputError
-from raylm.runs import run_step
+from raylm.runs import config_hash, run_step
 
-STEPS = ["data", "tokenizer", "pretrain", "sft", "eval"]  # in pipeline order
+STEPS = ["data", "tokenizer", "pretrain", "sft", "rl", "eval"]  # in pipeline order
+
+
+def quiet_worker_logs() -> None:
+    """Runs in every Ray worker process (worker_process_setup_hook).
+
+    Ray Train's placement-group cleaner asks the state API, which lives in the
+    dashboard, whether the controller is alive, and warns every second when
+    there is no dashboard (a local Ray here starts none): noise, not news.
+    """
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def init_ray(cfg: RunConfig) -> None:
@@ -35,10 +47,11 @@ def init_ray(cfg: RunConfig) -> None:
 
     if ray.is_initialized():
         return
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):  # a cluster's job keeps the runtime_env it came with
         ray.init(address=cfg.ray.address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"worker_process_setup_hook": "raylm.cli.quiet_worker_logs"})
 
 
 def run_dir(cfg: RunConfig) -> Path:
@@ -98,6 +111,18 @@ def step_sft(cfg: RunConfig, extra: dict | None = None):
                     inputs={"base": str(base)})
 
 
+def step_rl(cfg: RunConfig):
+    from raylm.rl.driver import run_rl
+
+    sft = _upstream(cfg, "sft")
+    init_ray(cfg)
+    digest = config_hash({**cfg.rl.model_dump(), "upstream": sft["config_hash"]})
+    state_file = run_dir(cfg) / "rl_state" / f"rl-{digest}" / "state.pt"  # outside the step folder: survives a crash
+    return run_step("rl", run_dir(cfg) / "rl", {**cfg.rl.model_dump(), "upstream": sft["config_hash"]},
+                    lambda work: run_rl(cfg.rl, run_dir(cfg) / "sft" / "hf", work, state_file),
+                    inputs={"policy": str(run_dir(cfg) / "sft" / "hf")})
+
+
 def _val_shards(cfg: RunConfig, checkpoints) -> list[str] | None:
     """The run's pretraining val shards for eval's bits per byte, if every checkpoint uses the run's tokenizer."""
     from raylm.runs import read_manifest
@@ -121,10 +146,14 @@ def eval_checkpoints(cfg: RunConfig) -> dict[str, Path]:
 def step_eval(cfg: RunConfig):
     from raylm.eval.capability import evaluate_many
     from raylm.eval.report import write_report
+    from raylm.runs import read_manifest
 
     upstream = _upstream(cfg, "sft")
     init_ray(cfg)
     checkpoints = eval_checkpoints(cfg)
+    rl = read_manifest(run_dir(cfg) / "rl")
+    if rl:  # the table then has an RL column, and a new RL run redoes the eval
+        upstream = rl
 
     def run(work: Path) -> dict:
         results = evaluate_many(list(checkpoints.values()), cfg.eval, _val_shards(cfg, checkpoints.values()),
@@ -159,6 +188,10 @@ def cmd_pretrain(cfg: RunConfig, args) -> None:
 
 def cmd_sft(cfg: RunConfig, args) -> None:
     step_sft(cfg)
+
+
+def cmd_rl(cfg: RunConfig, args) -> None:
+    step_rl(cfg)
 
 
 def cmd_eval(cfg: RunConfig, args) -> None:
@@ -244,10 +277,11 @@ def cmd_run(cfg: RunConfig, args) -> None:
     step_tokenizer(cfg)
     step_pretrain(cfg)
     step_sft(cfg)
+    step_rl(cfg)
     step_eval(cfg)
     print(f"raylm run '{cfg.name}': done; base model in {run_dir(cfg) / 'pretrain' / 'hf'}, "
-          f"assistant in {run_dir(cfg) / 'sft' / 'hf'}, eval table in {run_dir(cfg) / 'eval' / 'report.md'}")
-    print(f"  try: raylm chat --checkpoint {run_dir(cfg) / 'sft' / 'hf'}")
+          f"assistant in {run_dir(cfg) / 'rl' / 'hf'}, eval table in {run_dir(cfg) / 'eval' / 'report.md'}")
+    print(f"  try: raylm chat --checkpoint {run_dir(cfg) / 'rl' / 'hf'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None)
     sample.set_defaults(fn=cmd_sample)
 
+    sub.add_parser("rl", parents=[common], help="GRPO on verifiable tasks: vLLM rollout actors + a learner actor"
+                   ).set_defaults(fn=cmd_rl)
     evaluate = sub.add_parser("eval", parents=[common], help="capability eval table for checkpoints")
     evaluate.add_argument("--checkpoint", nargs="+", metavar="PATH",
                           help="HF folders to compare (default: the run's pretrain and sft checkpoints)")

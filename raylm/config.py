@@ -148,6 +148,37 @@ class SftConfig(TrainConfig):
     data_seed: int = Field(1, description="seed of the generated conversations (eval uses other seeds)")
 
 
+class RlConfig(Strict):
+    """GRPO on verifiable task families: rollout actors, a learner actor, in-memory weight sync."""
+
+    engine: Literal["vllm", "torch"] = Field("vllm", description="rollout engine; torch if vLLM is not installed")
+    num_rollout_workers: int = Field(1, ge=1, description="rollout actors")
+    rollout_cpus: float = Field(1.0, gt=0)
+    rollout_gpus: float = Field(0.0, ge=0)
+    learner_cpus: float = Field(1.0, gt=0)
+    learner_gpus: float = Field(0.0, ge=0)
+    kv_cache_gib: int = Field(1, ge=1, description="vLLM's KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    families: list[str] = Field(default_factory=lambda: ["arithmetic", "compare", "spelling"])
+    reward: str = Field("raylm.tasks:reward", description="module:callable(task, reply_text) -> float")
+    steps: int = Field(60, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    group_size: int = Field(8, ge=2, description="samples per prompt (the GRPO group)")
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(64, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    clip_eps: float = Field(0.2, gt=0)
+    kl_coef: float = Field(0.0, ge=0, description="KL to the SFT model (k3); 0 disables the reference model")
+    updates_per_batch: int = Field(1, ge=1, description=">1 reuses a batch (the ratio clipping then matters)")
+    micro_batch: int = Field(32, ge=1)
+    eval_every: int = Field(10, ge=1)
+    eval_per_family: int = Field(100, ge=1)
+    eval_seed: int = Field(4321, description="held-out tasks, another seed than training and SFT")
+    checkpoint_every: int = Field(10, ge=1)
+    seed: int = 0
+
+
 class EvalConfig(Strict):
     num_per_family: int = Field(60, ge=1, description="held-out tasks per family")
     seed: int = Field(1234, description="seed of the held-out tasks; differs from sft.data_seed")
@@ -164,6 +195,7 @@ class RunConfig(Strict):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
+    rl: RlConfig = Field(default_factory=RlConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 

@@ -1,0 +1,165 @@
+"""The rl step: GRPO on verifiable tasks, rollouts from vLLM-backed Ray actors, a learner actor.
+
+    raylm rl          # runs/<name>/sft/hf -> runs/<name>/rl/hf, history.json, reward.png
+
+Each step: draw `prompts_per_step` fresh tasks from `rl.families` (raylm/tasks)
+-> the rollout pool samples `group_size` replies to each -> the reward function
+(`rl.reward`, any "module:callable" taking (task, reply_text)) scores them ->
+group-relative advantages -> one GRPO update on the learner -> the new weights are
+pushed into the rollout engines in memory. Every `eval_every` steps, held-out
+pass@1 (greedy, on tasks from another seed) per family. The learner's state is
+saved every `checkpoint_every` steps under runs/<name>/rl_state/ and a rerun of
+the same config continues from it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from raylm.config import ConfigError, RlConfig
+from raylm.rl.grpo import group_advantages
+from raylm.rl.learner import Learner
+from raylm.rl.rollout import RolloutPool
+from raylm.tasks import Task, families, generate_tasks
+from raylm.tokenizer.bpe import load
+from raylm.tokenizer.chat import ChatFormat, answer_text, parse_reply
+
+
+def load_reward(name: str):
+    """'package.module:function' -> the function; errors name what is missing."""
+    module_name, _, attribute = name.partition(":")
+    if not attribute:
+        raise ConfigError(f"rl.reward '{name}' must look like package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"rl.reward: cannot import {module_name} ({err})") from None
+    if not callable(getattr(module, attribute, None)):
+        raise ConfigError(f"rl.reward: {module_name} has no function {attribute}")
+    return getattr(module, attribute)
+
+
+def step_tasks(cfg: RlConfig, step: int) -> list[Task]:
+    """This step's problems: fresh every step, spread evenly over the families, reproducible from (seed, step)."""
+    counts = {f: cfg.prompts_per_step // len(cfg.families) + (i < cfg.prompts_per_step % len(cfg.families))
+              for i, f in enumerate(cfg.families)}
+    return generate_tasks(counts, seed=cfg.seed * 1_000_003 + step)
+
+
+def pass_at_1(pool: RolloutPool, chat: ChatFormat, tasks: list[Task], max_new_tokens: int) -> dict[str, float]:
+    from raylm.tasks import check
+
+    groups = pool.generate([chat.prompt(t.messages) for t in tasks], 1, 0.0, max_new_tokens)
+    right: dict[str, list[bool]] = {}
+    for task, group in zip(tasks, groups):
+        reply = answer_text(parse_reply(chat.decode(group[0].ids)))
+        right.setdefault(task.family, []).append(check(task, reply))
+    return {f"pass@1/{f}": sum(v) / len(v) for f, v in right.items()}
+
+
+def plot_rewards(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([m["step"] for m in history], [m["mean_reward"] for m in history], lw=1, label="mean reward (train)")
+    for key in sorted({k for m in history for k in m if k.startswith("pass@1/")}):
+        points = [(m["step"], m[key]) for m in history if key in m]
+        ax.plot(*zip(*points), "o-", label=f"held-out {key}")
+    ax.set_xlabel("RL step")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_rl(cfg: RlConfig, sft_dir: Path, out_dir: Path, state_file: Path) -> dict:
+    import ray
+
+    sft_dir, out_dir = Path(sft_dir).resolve(), Path(out_dir)
+    chat = ChatFormat(load(sft_dir))
+    reward = load_reward(cfg.reward)
+    unknown = sorted(set(cfg.families) - set(families()))
+    if unknown:
+        raise ConfigError(f"rl.families: unknown {unknown}; known: {', '.join(families())}")
+    eval_tasks = generate_tasks({f: cfg.eval_per_family for f in cfg.families}, cfg.eval_seed)
+    settings = {**cfg.model_dump(), "pad_id": chat.tok.token_to_id("<|pad|>")}
+    learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=cfg.learner_gpus).remote(
+        str(sft_dir), settings)
+    pool = RolloutPool(cfg.engine, sft_dir, cfg.num_rollout_workers, [chat.im_end], cfg.rollout_cpus,
+                       cfg.rollout_gpus, cfg.kv_cache_gib, cfg.seed)
+    start, history = ray.get(learner.restore.remote(str(state_file)))
+    if start:
+        print(f"[rl] restored from step {start}", flush=True)
+        pool.load_weights(ray.get(learner.weights.remote()))
+    else:
+        started = time.perf_counter()
+        history.append({"step": 0, "mean_reward": float("nan"),
+                        **pass_at_1(pool, chat, eval_tasks, cfg.max_new_tokens)})
+        print(f"[rl] {pool.engine} rollouts ready; start: " + _fmt(history[0]) +
+              f" ({time.perf_counter() - started:.0f}s)", flush=True)
+    for step in range(start, cfg.steps):
+        timings = {}
+        t0 = time.perf_counter()
+        tasks = step_tasks(cfg, step)
+        prompts = [chat.prompt(t.messages) for t in tasks]
+        groups = pool.generate(prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens, seed=cfg.seed + step)
+        timings["generate_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        rewards = torch.tensor([[float(reward(task, answer_text(parse_reply(chat.decode(s.ids))))) for s in group]
+                                for task, group in zip(tasks, groups)])
+        advantages = group_advantages(rewards)
+        timings["score_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        batch = [{"prompt": prompt, "response": sample.ids, "advantage": float(advantages[i, j])}
+                 for i, (prompt, group) in enumerate(zip(prompts, groups)) for j, sample in enumerate(group)]
+        metrics = ray.get(learner.update.remote(batch))
+        timings["train_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        blob = ray.get(learner.weights.remote())
+        metrics["reload_s"] = pool.load_weights(blob)
+        timings["sync_s"] = time.perf_counter() - t0
+
+        tokens = sum(len(s.ids) for group in groups for s in group)
+        done = step + 1
+        metrics.update(timings, step=done, mean_reward=float(rewards.mean()),
+                       response_length=tokens / rewards.numel(), rollout_tokens_per_s=tokens / timings["generate_s"],
+                       solved_groups=float((rewards.std(dim=1) == 0).float().mean()),
+                       sync_share=timings["sync_s"] / sum(timings.values()))
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            metrics.update(pass_at_1(pool, chat, eval_tasks, cfg.max_new_tokens))
+        history.append(metrics)
+        print(f"[rl] step {done}/{cfg.steps} " + _fmt(metrics), flush=True)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            ray.get(learner.save.remote(str(state_file), history))
+    pool.shutdown()
+    ray.get(learner.export.remote(str(out_dir / "hf"), str(sft_dir)))
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    plot_rewards(history, out_dir / "reward.png")
+    first, last = history[0], history[-1]
+    gains = {k: last[k] - first[k] for k in last if k.startswith("pass@1/") and k in first}
+    print("[rl] held-out pass@1 change: " + ", ".join(f"{k[7:]} {100 * v:+.0f} pts" for k, v in gains.items()),
+          flush=True)
+    return {"steps": cfg.steps, "restored_from": start or None, "engine": pool.engine, "final": last,
+            "start": first, "pass_at_1_gain": gains, "checkpoint": str(out_dir / "hf")}
+
+
+def _fmt(m: dict) -> str:
+    parts = []
+    if m.get("mean_reward") == m.get("mean_reward") and "generate_s" in m:
+        parts.append(f"reward {m['mean_reward']:.3f} len {m['response_length']:.0f} "
+                     f"{m['rollout_tokens_per_s']:,.0f} tok/s | gen {m['generate_s']:.1f}s score {m['score_s']:.2f}s "
+                     f"train {m['train_s']:.1f}s sync {m['sync_s']:.2f}s")
+    parts += [f"{k} {v:.2f}" for k, v in m.items() if k.startswith("pass@1/")]
+    return " ".join(parts)

@@ -1,0 +1,119 @@
+"""The learner: a Ray actor that holds the policy (and a frozen reference) and applies GRPO updates.
+
+    learner = ray.remote(Learner).options(num_cpus=1).remote("runs/tiny/sft/hf", settings)
+    metrics = ray.get(learner.update.remote(batch))     # batch: [{"prompt", "response", "advantage"}]
+    blob = ray.get(learner.weights.remote())            # safetensors bytes for the rollout engines
+
+One actor is the learner group here (2 CPU cores); the update is a plain
+function of the batch, so a data-parallel group of these behind DDP is the next
+step on a GPU cluster. State (model, optimizer, step, history) is saved to and
+restored from one file, written atomically, so `raylm rl` resumes after a crash.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import torch
+
+from raylm.rl.grpo import policy_loss
+
+
+def token_logprobs(model, sequences: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log p(token t | tokens < t) for t = 1..L-1, as (batch, L-1)."""
+    logits = model(sequences[:, :-1]).float() / max(temperature, 1e-6)
+    return torch.log_softmax(logits, dim=-1).gather(-1, sequences[:, 1:, None])[..., 0]
+
+
+def collate(batch: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sequences prompt + response, right-padded; a mask over response targets; per-token advantages."""
+    length = max(len(item["prompt"]) + len(item["response"]) for item in batch)
+    sequences = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(batch), length - 1)
+    advantages = torch.zeros(len(batch), length - 1)
+    for row, item in enumerate(batch):
+        ids = item["prompt"] + item["response"]
+        sequences[row, :len(ids)] = torch.tensor(ids)
+        start, end = len(item["prompt"]) - 1, len(ids) - 1  # target positions of the response tokens
+        mask[row, start:end] = 1
+        advantages[row, start:end] = item["advantage"]
+    return sequences, mask, advantages
+
+
+class Learner:
+    def __init__(self, checkpoint: str, settings: dict):
+        from raylm.model.hf import load_pretrained
+
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        torch.manual_seed(settings.get("seed", 0))
+        self.settings = settings
+        self.model = load_pretrained(Path(checkpoint)).train()
+        self.reference = None
+        if settings["kl_coef"] > 0:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings["lr"], betas=(0.9, 0.95),
+                                           weight_decay=settings["weight_decay"])
+        self.step, self.history = 0, []
+
+    def restore(self, path: str) -> tuple[int, list[dict]]:
+        """Load a saved state if there is one; returns (the step to continue from, the metrics so far)."""
+        if not Path(path).is_file():
+            return 0, []
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.history = state["step"], state["history"]
+        return self.step, self.history
+
+    def save(self, path: str, history: list[dict]) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.history = history
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                    "history": history}, tmp)
+        tmp.replace(path)  # atomic: a crash mid-write leaves the previous state
+
+    def weights(self) -> bytes:
+        from raylm.rl.weight_sync import pack
+
+        return pack(self.model)
+
+    def update(self, batch: list[dict]) -> dict:
+        """GRPO on one batch of samples: `updates_per_batch` passes, micro-batched, one optimizer step each."""
+        s = self.settings
+        batch = [item for item in batch if item["advantage"] != 0 and item["response"]]  # nothing to learn otherwise
+        self.step += 1
+        if not batch:
+            return {"loss": 0.0, "trained_samples": 0}
+        micro = s["micro_batch"]
+        chunks = [collate(batch[i:i + micro], s["pad_id"]) for i in range(0, len(batch), micro)]
+        num_tokens = float(sum(mask.sum() for _, mask, _ in chunks))
+        with torch.no_grad():  # the sampling policy's log-probs (recomputed here: exactly the learner's numerics)
+            old = [token_logprobs(self.model, seqs, s["temperature"]) for seqs, _, _ in chunks]
+            ref = [token_logprobs(self.reference, seqs, s["temperature"]) for seqs, _, _ in chunks] \
+                if self.reference is not None else [None] * len(chunks)
+        stats = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0}
+        for _ in range(s["updates_per_batch"]):
+            for (seqs, mask, adv), old_lp, ref_lp in zip(chunks, old, ref):
+                logprobs = token_logprobs(self.model, seqs, s["temperature"])
+                loss, part = policy_loss(logprobs, old_lp, adv, mask, s["clip_eps"], ref_lp, s["kl_coef"],
+                                         num_tokens=num_tokens)
+                loss.backward()
+                share = float(mask.sum()) / num_tokens / s["updates_per_batch"]
+                stats["loss"] += float(loss) / s["updates_per_batch"]
+                stats["clip_fraction"] += part["clip_fraction"] * share
+                stats["kl"] += part.get("kl", 0.0) * share
+            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                      s["grad_clip"] or float("inf")))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        stats["trained_samples"] = len(batch)
+        return stats
+
+    def export(self, folder: str, tokenizer_dir: str) -> str:
+        from raylm.model.hf import save_pretrained
+
+        return str(save_pretrained(self.model, Path(folder), tokenizer_dir=Path(tokenizer_dir), chat=True))

