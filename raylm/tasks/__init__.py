@@ -90,3 +90,19 @@ def check(task: Task, reply: str) -> bool:
 def reward(task: Task, reply: str) -> float:
     """The default RL reward: 1 for a right answer, else 0."""
     return 1.0 if check(task, reply) else 0.0
+
+
+def verified_reward(task: Task, reply: str) -> float:
+    """1 only for a right answer whose worked steps also check out (arithmetic: every `a op b = c` is true;
+    compare: the whole parts and padded decimals copied and compared right; spelling: the letters
+    written out and counted right), else 0.
+
+    A final-answer reward also pays lucky guesses (half of all comparisons), and RL
+    then reinforces the wrong reasoning that produced them; checking the steps
+    removes that noise. Families without step checks fall back to `reward`.
+    """
+    from raylm.tasks import arithmetic, compare, spelling
+
+    steps = {"arithmetic": arithmetic.steps_hold, "compare": compare.steps_hold,
+             "spelling": spelling.steps_hold}.get(task.family)
+    return reward(task, reply) * (1.0 if steps is None or steps(task, reply) else 0.0)

@@ -11,6 +11,7 @@ lines to get multi-step problems right; eval measures accuracy with and without 
 from __future__ import annotations
 
 import random
+import re
 
 from raylm.tasks import Task, extract_answer, numbers_equal
 from raylm.tasks.identity import random_system
@@ -58,3 +59,23 @@ def generate(rng: random.Random) -> Task:
 
 def check(task: Task, reply: str) -> bool:
     return numbers_equal(extract_answer(reply), task.answer)
+
+
+_STEP = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([-+*/])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)\s*$")
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+        "/": lambda a, b: a / b if b else float("nan")}
+
+
+def steps_hold(task: Task, reply: str) -> bool:
+    """Every worked line `a op b = c` is true and there is at least one: the answer was computed, not guessed."""
+    lines = [line for line in reply.splitlines() if "=" in line]
+    if not lines:
+        return False
+    for line in lines:
+        match = _STEP.match(line)
+        if not match:
+            return False
+        a, op, b, c = match.groups()
+        if abs(_OPS[op](float(a), float(b)) - float(c)) > 1e-9:
+            return False
+    return True

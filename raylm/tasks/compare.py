@@ -47,3 +47,10 @@ def generate(rng: random.Random) -> Task:
 
 def check(task: Task, reply: str) -> bool:
     return extract_answer(reply) == task.answer
+
+
+def steps_hold(task: Task, reply: str) -> bool:
+    """The worked lines are the ones the solution has: the numbers copied and compared right, not a coin toss."""
+    expected = [line for line in task.solution[-1]["content"].splitlines() if not line.startswith("Answer:")]
+    written = [line.strip() for line in reply.splitlines() if line.strip() and not line.startswith("Answer:")]
+    return written == expected

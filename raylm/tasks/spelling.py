@@ -49,3 +49,10 @@ def generate(rng: random.Random) -> Task:
 
 def check(task: Task, reply: str) -> bool:
     return (extract_answer(reply) or "").lower() == task.answer
+
+
+def steps_hold(task: Task, reply: str) -> bool:
+    """The letters written out (and counted) are the solution's: the count was read off, not guessed."""
+    expected = task.solution[-1]["content"].splitlines()[0]
+    written = [line.strip() for line in reply.splitlines() if line.strip()]
+    return bool(written) and written[0] == expected

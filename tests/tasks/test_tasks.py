@@ -59,3 +59,20 @@ def test_jsonl_import_names_the_bad_line(tmp_path):
         path.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n" + bad + "\n")
         with pytest.raises(ConversationError, match=rf"conversations.jsonl:3: .*{problem}"):
             load_conversations(path)
+
+
+def test_verified_reward_pays_only_for_steps_that_check_out():
+    from raylm.tasks import reward, verified_reward
+
+    for task in generate_tasks({"arithmetic": 50, "compare": 50}, seed=3):
+        solution = task.solution[-1]["content"]
+        assert verified_reward(task, solution) == 1.0
+        lucky = solution.replace(" = ", " = 1", 1) if task.family == "arithmetic" else \
+            solution.replace("Whole parts: ", "Whole parts: 7", 1)
+        assert reward(task, lucky) == 1.0 and verified_reward(task, lucky) == 0.0  # right answer, wrong work
+    for task in generate_tasks({"spelling": 30}, seed=3):
+        solution = task.solution[-1]["content"]
+        assert verified_reward(task, solution) == 1.0
+        assert verified_reward(task, "Answer: " + task.answer) == 0.0  # a bare guess of the count
+    identity = generate_tasks({"identity": 5}, seed=3)
+    assert all(verified_reward(t, t.solution[-1]["content"]) == 1.0 for t in identity)  # no step check: answer only
