@@ -59,14 +59,28 @@ def test_outputs_and_removal_log(cleaned):
     assert json.loads((cleaned / "manifest.json").read_text())["metrics"]["kept_documents"] == len(kept)
 
 
+# every step, each kept short: the whole pipeline end to end (the tiny preset's lengths run in `make run`)
+SHORT = ["pretrain.steps=20", "pretrain.eval_every=20", "pretrain.checkpoint_every=20", "sft.steps=10",
+         "sft.eval_every=10", "sft.checkpoint_every=10", "sft.mix={identity: 40, compare: 40}", "rl.engine=torch",
+         "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=2", "rl.max_new_tokens=16", "rl.eval_per_family=4",
+         "eval.num_per_family=3", "eval.max_new_tokens=16"]
+
+
 def test_run_resumes_instead_of_redoing(ray_session, sample_files, tmp_path, capsys):
     args = ["run", "--name", "resume", "-o", f"runs_dir={tmp_path}", "-o", f"data.input=[{sample_files[3]}]"]
+    for override in SHORT:
+        args += ["-o", override]
     assert main(args) == 0
-    manifest = (tmp_path / "resume" / "data" / "manifest.json").read_text()
+    run = tmp_path / "resume"
+    assert {p.parent.name for p in run.glob("*/manifest.json")} == {
+        "data", "tokenizer", "pretrain", "sft", "rl", "eval"}
+    report = (run / "eval" / "report.md").read_text()
+    assert "| metric | pretrain | sft | rl |" in report
+    manifests = {step: (run / step / "manifest.json").read_text() for step in ("data", "sft", "rl", "eval")}
     capsys.readouterr()
     assert main(args) == 0
-    assert "already finished" in capsys.readouterr().out
-    assert (tmp_path / "resume" / "data" / "manifest.json").read_text() == manifest
+    assert capsys.readouterr().out.count("already finished") == 6
+    assert all((run / step / "manifest.json").read_text() == text for step, text in manifests.items())
 
 
 def test_missing_or_empty_input_fails_cleanly(ray_session, tmp_path, capsys):
