@@ -48,7 +48,7 @@ def val_bpb(model, folder: Path, val_shards: list[str], seq_len: int, batches: i
     return evaluate(model, stream, token_bytes, batches, batch_size, torch.device("cpu"), nullcontext())["val_bpb"]
 
 
-def _well_formed(reply, chat: ChatFormat) -> bool:
+def _well_formed(reply) -> bool:
     """Ended its turn, no stray turn header inside, every tool call closed."""
     text = reply.text
     return reply.finished and IM_START not in text and text.count(CALL_START) == len(reply.tool_calls)
@@ -92,7 +92,7 @@ def evaluate_checkpoint(folder: str | Path, cfg: EvalConfig, val_shards: list[st
     metrics["tool_call_validity"] = sum(
         bool(r.tool_calls) and all(name in KNOWN_TOOLS and argument for name, argument in r.tool_calls)
         for r in searches) / max(1, len(searches))
-    metrics["protocol_adherence"] = sum(_well_formed(r, chat) for r in replies) / len(replies)
+    metrics["protocol_adherence"] = sum(_well_formed(r) for r in replies) / len(replies)
     metrics["val_bpb"] = val_bpb(model, folder, val_shards, seq_len) if val_shards else math.nan
     metrics["mean_reply_tokens"] = sum(r.generated for r in replies) / len(replies)
     examples = {}

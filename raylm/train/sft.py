@@ -27,7 +27,7 @@ from raylm.tasks import generate_tasks
 from raylm.tasks.conversations import load_conversations
 from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import ChatFormat
-from raylm.train.pretrain import token_byte_lengths
+from raylm.train.pretrain import PEAK_BF16_FLOPS, token_byte_lengths
 from raylm.train.trainer import fit, model_from_state, plot_losses
 
 CHAT_SAMPLES = ["Which is larger, 9.11 or 9.9?", "What is your name?", "Who was Zorblat Quenmire?",
@@ -90,7 +90,7 @@ def run_sft(cfg: SftConfig, base_dir: Path, out_dir: Path, storage_dir: Path, ex
         "model": model_config.to_dict(), "init_checkpoint": str(base_dir),
         "train_rows": str((out_dir / "train.npz").resolve()), "val_rows": str((out_dir / "val.npz").resolve()),
         "token_bytes": token_byte_lengths(base_dir), "tokenizer_file": str(base_dir / "tokenizer.json"),
-        "chat_samples": CHAT_SAMPLES, "peak_flops": 989e12, **(extra or {}),
+        "chat_samples": CHAT_SAMPLES, "peak_flops": PEAK_BF16_FLOPS, **(extra or {}),
     }
     name = f"sft-{config_hash({**cfg.model_dump(), 'base': str(base_dir)})}"
     print(f"[sft] {cfg.num_workers} Ray Train workers, {cfg.steps} steps from {base_dir}", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from raylm.config import SftConfig
 
@@ -17,6 +18,7 @@ def base_and_sft(sample_tokenizer, tmp_path_factory):
     from raylm.train.sft import run_sft
 
     root = tmp_path_factory.mktemp("sft")
+    torch.manual_seed(0)
     base = save_pretrained(GPT(GPTConfig(vocab_size=1024, dim=64, n_layers=2, n_heads=2, n_kv_heads=1,
                                          max_seq_len=128)), root / "base" / "hf", tokenizer_dir=sample_tokenizer)
     cfg = SftConfig(mix={"identity": 300, "unknown_entities": 300}, seq_len=128, steps=120, batch_size=8,
@@ -46,7 +48,8 @@ def test_eval_table_moves_from_base_to_sft(base_and_sft, tmp_path):
     assert main(["eval", "--checkpoint", str(base), str(sft), "--output", str(tmp_path),
                  "-o", "eval.num_per_family=12", "--json", str(tmp_path / "eval.json")]) == 0
     base_row, sft_row = (r["metrics"] for r in json.loads((tmp_path / "eval.json").read_text()))
-    assert base_row["protocol_adherence"] == 0.0 and sft_row["protocol_adherence"] >= 0.8
+    # an untrained model ends a turn only when <|im_end|> comes up by chance (about 1 in 1024 per token)
+    assert base_row["protocol_adherence"] < 0.2 and sft_row["protocol_adherence"] >= 0.8
     assert sft_row["refusal_rate"] > base_row["refusal_rate"]
     report = (tmp_path / "report.md").read_text()
     assert "| metric | base | sft |" in report and "protocol_adherence" in report
