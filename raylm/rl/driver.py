@@ -27,7 +27,7 @@ from raylm.rl.learner import Learner
 from raylm.rl.rollout import RolloutPool
 from raylm.tasks import Task, families, generate_tasks
 from raylm.tokenizer.bpe import load
-from raylm.tokenizer.chat import ChatFormat, answer_text, parse_reply
+from raylm.tokenizer.chat import ChatFormat, answer_text
 
 
 def load_reward(name: str):
@@ -57,7 +57,7 @@ def pass_at_1(pool: RolloutPool, chat: ChatFormat, tasks: list[Task], max_new_to
     groups = pool.generate([chat.prompt(t.messages) for t in tasks], 1, 0.0, max_new_tokens)
     right: dict[str, list[bool]] = {}
     for task, group in zip(tasks, groups):
-        reply = answer_text(parse_reply(chat.decode(group[0].ids)))
+        reply = answer_text(chat.parse(group[0].ids))
         right.setdefault(task.family, []).append(check(task, reply))
     return {f"pass@1/{f}": sum(v) / len(v) for f, v in right.items()}
 
@@ -115,7 +115,7 @@ def run_rl(cfg: RlConfig, sft_dir: Path, out_dir: Path, state_file: Path) -> dic
         timings["generate_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        rewards = torch.tensor([[float(reward(task, answer_text(parse_reply(chat.decode(s.ids))))) for s in group]
+        rewards = torch.tensor([[float(reward(task, answer_text(chat.parse(s.ids)))) for s in group]
                                 for task, group in zip(tasks, groups)])
         advantages = group_advantages(rewards)
         timings["score_s"] = time.perf_counter() - t0

@@ -91,14 +91,18 @@ class Learner:
         micro = s["micro_batch"]
         chunks = [collate(batch[i:i + micro], s["pad_id"]) for i in range(0, len(batch), micro)]
         num_tokens = float(sum(mask.sum() for _, mask, _ in chunks))
+        reuse = s["updates_per_batch"] > 1
         with torch.no_grad():  # the sampling policy's log-probs (recomputed here: exactly the learner's numerics)
-            old = [token_logprobs(self.model, seqs, s["temperature"]) for seqs, _, _ in chunks]
+            # used once, a batch's sampling policy is the live one: its log-probs are the forward pass's own
+            old = [token_logprobs(self.model, seqs, s["temperature"]) for seqs, _, _ in chunks] \
+                if reuse else [None] * len(chunks)
             ref = [token_logprobs(self.reference, seqs, s["temperature"]) for seqs, _, _ in chunks] \
                 if self.reference is not None else [None] * len(chunks)
         stats = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0}
         for _ in range(s["updates_per_batch"]):
             for (seqs, mask, adv), old_lp, ref_lp in zip(chunks, old, ref):
                 logprobs = token_logprobs(self.model, seqs, s["temperature"])
+                old_lp = logprobs.detach() if old_lp is None else old_lp
                 loss, part = policy_loss(logprobs, old_lp, adv, mask, s["clip_eps"], ref_lp, s["kl_coef"],
                                          num_tokens=num_tokens)
                 loss.backward()
