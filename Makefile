@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[cpu,dev]" $(TORCH_INDEX)
 	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm) break against the CPU torch
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	# The chat-page test drives Debian's chromium (a browser download would fail offline): install it as root.
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "note: chromium is missing (apt-get install chromium): the chat-page test will fail"
 	touch $@
 
 run: setup

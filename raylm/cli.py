@@ -6,6 +6,7 @@
     raylm sample --checkpoint runs/tiny/pretrain/hf --prompt "The package manager"
     raylm eval --checkpoint runs/tiny/pretrain/hf runs/tiny/sft/hf --json /tmp/eval.json
     raylm chat --checkpoint runs/tiny/sft/hf
+    raylm serve [--checkpoint runs/tiny/rl/hf] [--port 8000]   # OpenAI-compatible API + chat page
 
 Every sub-command takes `--config PRESET_OR_FILE` (presets in raylm/configs/) and
 any number of `-o key.path=value` overrides; `raylm config` prints the result.
@@ -26,7 +27,7 @@ from raylm.config import ConfigError, RunConfig, load_config
 from raylm.data.readers import InputError
 from raylm.runs import config_hash, run_step
 
-STEPS = ["data", "tokenizer", "pretrain", "sft", "rl", "eval"]  # in pipeline order
+STEPS = ["data", "tokenizer", "pretrain", "sft", "rl", "eval"]  # in pipeline order; `run` then serves
 
 
 def quiet_worker_logs() -> None:
@@ -243,6 +244,54 @@ def _search_db(cfg: RunConfig) -> Path | None:
     return db if db.is_file() else None
 
 
+def final_checkpoint(cfg: RunConfig) -> Path:
+    """The run's finished assistant: the RL model, else the SFT model."""
+    for step in ("rl", "sft"):
+        if (run_dir(cfg) / step / "manifest.json").is_file():
+            return run_dir(cfg) / step / "hf"
+    raise InputError(f"no finished sft or rl step in {run_dir(cfg)}; pass --checkpoint or run `raylm run` first")
+
+
+def serve_model(cfg: RunConfig, checkpoint: Path, port: int | None = None) -> None:
+    """Deploy on Ray Serve and print how to query it. A local Ray serves until Ctrl-C; on a cluster the app
+    outlives this process (`serve shutdown` stops it)."""
+    import time
+
+    from raylm.serve.deploy import deploy, how_to_query, write_serve_config
+
+    if not (checkpoint / "config.json").is_file():
+        raise InputError(f"no HF checkpoint (config.json) in {checkpoint}")
+    search_db = None
+    if "search" in cfg.serve.tools:
+        search_db = Path(cfg.serve.search_db) if cfg.serve.search_db else _search_db(cfg)
+        if search_db is None or not search_db.is_file():
+            print("[serve] no search index (run the data step or set serve.search_db): search is off", flush=True)
+            search_db = None
+    config_file = write_serve_config(cfg.serve, checkpoint, search_db, run_dir(cfg) / "serve" / "serve_config.yaml")
+    init_ray(cfg)
+    url = deploy(cfg.serve, checkpoint, search_db, port)
+    print(how_to_query(url, cfg.serve))
+    print(f"  cluster:    serve deploy {config_file}", flush=True)
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        print("[serve] deployed on the cluster; it keeps serving after this job ends (`serve shutdown` stops it)")
+        return
+    print("[serve] Ctrl-C stops the server", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        print("\n[serve] shutting down", flush=True)
+        serve.shutdown()
+
+
+def cmd_serve(cfg: RunConfig, args) -> None:
+    if args.engine:
+        cfg.serve.engine = args.engine
+    serve_model(cfg, Path(args.checkpoint) if args.checkpoint else final_checkpoint(cfg), args.port)
+
+
 def cmd_sweep(cfg: RunConfig, args) -> None:
     from raylm.train.tune import run_sweep
 
@@ -281,7 +330,10 @@ def cmd_run(cfg: RunConfig, args) -> None:
     step_eval(cfg)
     print(f"raylm run '{cfg.name}': done; base model in {run_dir(cfg) / 'pretrain' / 'hf'}, "
           f"assistant in {run_dir(cfg) / 'rl' / 'hf'}, eval table in {run_dir(cfg) / 'eval' / 'report.md'}")
-    print(f"  try: raylm chat --checkpoint {run_dir(cfg) / 'rl' / 'hf'}")
+    if args.no_serve:
+        print(f"  try: raylm serve --checkpoint {run_dir(cfg) / 'rl' / 'hf'}   (or raylm chat --checkpoint ...)")
+        return
+    serve_model(cfg, final_checkpoint(cfg))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,8 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=160)
     chat.set_defaults(fn=cmd_chat)
 
-    sub.add_parser("run", parents=[common], help="every step end to end, resuming finished ones"
-                   ).set_defaults(fn=cmd_run)
+    serve = sub.add_parser("serve", parents=[common], help="OpenAI-compatible API and chat page on Ray Serve")
+    serve.add_argument("--checkpoint", help="an HF chat folder (default: the run's rl/hf, else sft/hf)")
+    serve.add_argument("--port", type=int, help="HTTP port (default: config serve.port, 8000)")
+    serve.add_argument("--engine", choices=["vllm", "torch"], help="replica engine (default: config serve.engine)")
+    serve.set_defaults(fn=cmd_serve)
+    run = sub.add_parser("run", parents=[common], help="every step end to end, resuming finished ones; then serves")
+    run.add_argument("--no-serve", action="store_true", help="stop after the eval step instead of serving")
+    run.set_defaults(fn=cmd_run)
     return parser
 
 

@@ -189,6 +189,39 @@ class EvalConfig(Strict):
     batch_size: int = Field(64, ge=1)
 
 
+class AutoscalingConfig(Strict):
+    """Ray Serve autoscaling of the model replicas (each replica: HTTP ingress + engine)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(16, gt=0, description="scale up when replicas average more than this")
+
+
+class ServeConfig(Strict):
+    """`raylm serve`: the OpenAI-compatible endpoint on Ray Serve."""
+
+    engine: Literal["vllm", "torch"] = Field("vllm", description="replica engine; torch if vLLM is not installed")
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    model_name: str = Field("raylm", description="the `model` clients send, listed by /v1/models")
+    system_prompt: str | None = Field(None, description="default system message; None: the raylm identity")
+    api_key_env: str = Field("RAYLM_API_KEY", description="env var holding the bearer token; unset: no key needed")
+    tools: list[Literal["search", "calculator"]] = Field(default_factory=lambda: ["search", "calculator"],
+                                                          description="tools the server runs for the model")
+    search_db: str | None = Field(None, description="FTS5 index; None: runs/<name>/search.db from the data step")
+    max_tool_rounds: int = Field(2, ge=0)
+    default_max_tokens: int = Field(256, ge=1, description="when a request gives no max_tokens")
+    max_tokens_cap: int = Field(512, ge=1, description="a request's max_tokens is cut to this")
+    stream_interval_ms: float = Field(20, ge=0, description="tokens sampled within this window go out as one SSE "
+                                      "chunk (the first at once); 0: one chunk per engine step")
+    max_ongoing_requests: int = Field(64, ge=1, description="concurrent requests per replica (Serve's bound)")
+    max_queued_requests: int = Field(256, ge=-1, description="beyond this, new requests get 503; -1: no limit")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    replica_cpus: float = Field(1.0, gt=0)
+    replica_gpus: float = Field(0.0, ge=0)
+    kv_cache_gib: int = Field(1, ge=1, description="vLLM's KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
+
+
 class RunConfig(Strict):
     name: str = "tiny"
     runs_dir: str = "runs"
@@ -199,6 +232,7 @@ class RunConfig(Strict):
     sft: SftConfig = Field(default_factory=SftConfig)
     rl: RlConfig = Field(default_factory=RlConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -95,6 +95,48 @@ def complete(engine: Engine, chat: ChatFormat, prompts: list[list[int]], tools: 
     return replies
 
 
+class TurnDecoder:
+    """Sampled tokens of one generation round -> printable text; remembers a tool call the round ended with.
+
+    Shared by `stream_reply` (terminal chat) and the server (raylm/serve/assistant.py).
+    Text is UTF-8 safe: tokens that end inside a multi-byte character are held back.
+    """
+
+    def __init__(self, chat: ChatFormat, hidden: tuple[int, ...] = ()):
+        self.chat = chat
+        self.hidden = {chat.im_end, *hidden}  # stop tokens: end the text, never part of it
+        self.pending: list[int] = []  # tokens not yet printed
+        self.call: list[int] = []     # the tool call being written, from <|tool_call|>
+        self.last: int | None = None
+
+    def feed(self, tokens: list[int]) -> str:
+        """Text that became printable with these tokens ('' if none)."""
+        out = []
+        for token in tokens:
+            self.last = token
+            if self.call or token == self.chat.special[CALL_START]:
+                self.call.append(token)
+            elif token not in self.hidden:
+                self.pending.append(token)
+                text = self.chat.decode(self.pending)
+                if not text.endswith("\ufffd"):
+                    out.append(text)
+                    self.pending = []
+        return "".join(out)
+
+    def flush(self) -> str:
+        text, self.pending = (self.chat.decode(self.pending) if self.pending else ""), []
+        return text
+
+    @property
+    def finished(self) -> bool:
+        return self.last == self.chat.im_end
+
+    def tool_call(self) -> tuple[str, str] | None:
+        """(name, argument) if the round ended with a complete tool call."""
+        return last_call(self.chat, self.call) if self.last == self.chat.call_end and self.call else None
+
+
 def stream_reply(engine: Engine, chat: ChatFormat, prompt: list[int], tools: Tools | None = None,
                  max_new_tokens: int = 256, max_tool_rounds: int = 2, temperature: float = 0.7,
                  top_k: int | None = 50, top_p: float | None = 0.95, seed: int | None = None) -> Iterator[dict]:
@@ -109,36 +151,22 @@ def stream_reply(engine: Engine, chat: ChatFormat, prompt: list[int], tools: Too
     context, generated = list(prompt), 0
     limit = engine.model.cfg.max_seq_len
     for round_ in range(max_tool_rounds + 1):
-        pending: list[int] = []  # tokens not yet printed: a multi-byte character may span several
-        call: list[int] = []
-        in_call = False
+        decoder = TurnDecoder(chat)
         budget = min(max_new_tokens - generated, limit - len(context))
-        last = None
         for token in engine.stream(context, budget, temperature, top_k, top_p, stop_ids=chat.stop_ids, seed=seed):
             context.append(token)
             generated += 1
-            last = token
-            if token == chat.special[CALL_START]:
-                in_call = True
-            if in_call:
-                call.append(token)
-                continue
-            if token == chat.im_end:
-                break
-            pending.append(token)
-            text = chat.decode(pending)
-            if not text.endswith("\ufffd"):
+            if text := decoder.feed([token]):
                 yield {"type": "text", "text": text}
-                pending = []
-        if pending:
-            yield {"type": "text", "text": chat.decode(pending)}
-        if last == chat.call_end and round_ < max_tool_rounds:
-            name, argument = last_call(chat, call)
-            yield {"type": "tool_call", "name": name, "argument": argument}
-            result = run_tool(tools, name, argument)
+        if text := decoder.flush():
+            yield {"type": "text", "text": text}
+        call = decoder.tool_call()
+        if call and round_ < max_tool_rounds:
+            yield {"type": "tool_call", "name": call[0], "argument": call[1]}
+            result = run_tool(tools, *call)
             yield {"type": "tool_result", "content": result}
             context += chat.tool_result(result)
             continue
-        yield {"type": "end", "finished": last == chat.im_end, "generated": generated}
+        yield {"type": "end", "finished": decoder.finished, "generated": generated}
         return
     yield {"type": "end", "finished": False, "generated": generated}

@@ -67,7 +67,7 @@ SHORT = ["pretrain.steps=20", "pretrain.eval_every=20", "pretrain.checkpoint_eve
 
 
 def test_run_resumes_instead_of_redoing(ray_session, sample_files, tmp_path, capsys):
-    args = ["run", "--name", "resume", "-o", f"runs_dir={tmp_path}", "-o", f"data.input=[{sample_files[3]}]"]
+    args = ["run", "--no-serve", "--name", "resume", "-o", f"runs_dir={tmp_path}", "-o", f"data.input=[{sample_files[3]}]"]
     for override in SHORT:
         args += ["-o", override]
     assert main(args) == 0

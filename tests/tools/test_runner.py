@@ -19,9 +19,9 @@ from raylm.tools.calculator import calculate
 from raylm.tools.runner import complete, stream_reply
 
 
-def scripted_model(successor: dict[int, int], vocab: int) -> GPT:
+def scripted_model(successor: dict[int, int], vocab: int, max_seq_len: int = 128) -> GPT:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=vocab, dim=256, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=128))
+    model = GPT(GPTConfig(vocab_size=vocab, dim=256, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=max_seq_len))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):

