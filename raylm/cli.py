@@ -51,6 +51,9 @@ def init_ray(cfg: RunConfig) -> None:
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):  # a cluster's job keeps the runtime_env it came with
         ray.init(address=cfg.ray.address, log_to_driver=True)
     else:
+        # Ray runs its workers at nice 15 by default, below everything else on the machine; on a laptop the
+        # workers are the job (and a local server must not lose the CPU to its own clients).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
                  runtime_env={"worker_process_setup_hook": "raylm.cli.quiet_worker_logs"})
 
@@ -255,6 +258,7 @@ def final_checkpoint(cfg: RunConfig) -> Path:
 def serve_model(cfg: RunConfig, checkpoint: Path, port: int | None = None) -> None:
     """Deploy on Ray Serve and print how to query it. A local Ray serves until Ctrl-C; on a cluster the app
     outlives this process (`serve shutdown` stops it)."""
+    import signal
     import time
 
     from raylm.serve.deploy import deploy, how_to_query, write_serve_config
@@ -276,10 +280,14 @@ def serve_model(cfg: RunConfig, checkpoint: Path, port: int | None = None) -> No
         print("[serve] deployed on the cluster; it keeps serving after this job ends (`serve shutdown` stops it)")
         return
     print("[serve] Ctrl-C stops the server", flush=True)
+    # SIGTERM (a process manager, `kill`) stops it as cleanly as Ctrl-C; SIGINT is re-armed because a shell
+    # that starts a program in the background makes it ignore SIGINT.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         from ray import serve
 
         print("\n[serve] shutting down", flush=True)

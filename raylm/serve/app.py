@@ -36,6 +36,7 @@ log = logging.getLogger("ray.serve")
 PAGE = Path(__file__).parent / "static" / "chat.html"
 
 app = FastAPI(title="raylm", docs_url=None, redoc_url=None, openapi_url=None)
+INTERNAL = APIError(500, "internal server error (details are in the server log)", type="server_error")
 
 
 @app.exception_handler(APIError)
@@ -46,8 +47,7 @@ async def _api_error(request: Request, err: APIError) -> JSONResponse:
 @app.exception_handler(Exception)
 async def _internal_error(request: Request, err: Exception) -> JSONResponse:
     log.exception("request %s %s failed", request.method, request.url.path)
-    return JSONResponse(APIError(500, "internal server error (details are in the server log)",
-                                 type="server_error").body(), status_code=500)
+    return JSONResponse(INTERNAL.body(), status_code=500)
 
 
 def _stream(chunks: AsyncIterator[str]) -> StreamingResponse:
@@ -59,8 +59,7 @@ def _stream(chunks: AsyncIterator[str]) -> StreamingResponse:
                 yield chunk
         except Exception:
             log.exception("stream failed")
-            yield sse(APIError(500, "internal server error (details are in the server log)",
-                               type="server_error").body())
+            yield sse(INTERNAL.body())
         yield sse("[DONE]")
 
     return StreamingResponse(guarded(), media_type="text/event-stream",
@@ -77,7 +76,8 @@ class ChatServer:
         config = {"model": self.settings.model_name, "system": self.assistant.system,
                   "tools": sorted(self.assistant.tools), "needs_key": self.api_key is not None,
                   "context": self.assistant.context_len}
-        self.page = PAGE.read_text().replace("/*RAYLM_CONFIG*/null", json.dumps(config))
+        # "</" escaped: a system prompt containing "</script>" must not end the page's script
+        self.page = PAGE.read_text().replace("/*RAYLM_CONFIG*/null", json.dumps(config).replace("</", "<\\/"))
 
     def check_health(self) -> None:
         """Serve calls this periodically; a dead engine gets the replica replaced."""

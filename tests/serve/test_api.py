@@ -121,3 +121,32 @@ def test_serve_config_file_builds_the_same_app(served, scripted_checkpoint, tmp_
     assert deployment["autoscaling_config"]["max_replicas"] == settings.autoscaling.max_replicas
     assert API_KEY not in path.read_text()
     assert build(app["args"]) is not None  # the builder `serve deploy` calls accepts the file's args
+
+
+def test_torch_engine_replica_and_tool_round_limit(served, scripted_checkpoint):
+    """The fallback engine behind the same API; with max_tool_rounds=0 the call is not run and the turn ends."""
+    from ray import serve
+
+    from raylm.config import ServeConfig
+    from raylm.serve.deploy import app_args, build
+
+    url, _, chat = served
+    checkpoint, search_db, _ = scripted_checkpoint
+    settings = ServeConfig(engine="torch", max_tool_rounds=0, replica_cpus=0.5)
+    serve.run(build(app_args(settings, checkpoint, search_db)), name="torch", route_prefix="/torch")
+    try:
+        client = OpenAI(base_url=f"{url}/torch/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(model="raylm", messages=USER)
+        assert reply.choices[0].message.content == "" and reply.choices[0].finish_reason == "stop"
+        assert "tool_trace" not in reply.choices[0].message.model_extra
+        assert reply.usage.completion_tokens == len(chat.text(CALL)) + 2  # stopped at <|/tool_call|>
+        assert httpx.get(f"{url}/torch/health").json()["engine"] == "torch"
+    finally:
+        serve.delete("torch")
+
+
+def test_serve_cli_rejects_a_missing_checkpoint(tmp_path, capsys):
+    from raylm.cli import main
+
+    assert main(["serve", "--checkpoint", str(tmp_path / "nope"), "-o", f"runs_dir={tmp_path}"]) == 2
+    assert "no HF checkpoint (config.json)" in capsys.readouterr().err
