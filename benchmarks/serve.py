@@ -2,9 +2,11 @@
 
 Each server is started as its own process (`raylm serve`, and `vllm serve` with
 the same engine settings: float32, eager, the model's context length, the same KV
-cache) and warmed up; all stay up (idle, each takes a few % of a core) and take
-turns under load, N concurrent clients for each N in --concurrency, --repeats
-times, the order alternating, so that a noisy machine's slow spells hit both. Every request is a streamed chat completion of a held-out task
+cache), warmed up, driven by N concurrent clients for each N in --concurrency,
+and stopped; its processes are gone before the next server starts. That is
+repeated --repeats times with the order alternating, so that a noisy machine's
+slow spells hit both. (With both servers up at once, taking turns, the raylm
+runs came out 2-3x slower than alone, for reasons not found: so, one at a time.) Every request is a streamed chat completion of a held-out task
 (compare / spelling / arithmetic / identity, none of which calls a tool) with an
 explicit system message, temperature 0 and max_tokens --max-tokens, so both
 servers run the same prompts and greedy decoding.
@@ -165,13 +167,24 @@ def start_server(name: str, args, context: int) -> tuple[subprocess.Popen, str]:
 
 
 def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM to the server alone, so it shuts down in order (a signal to its whole process group would kill
+    Ray's processes under the replica and orphan its vLLM engine); SIGKILL to the group if it hangs."""
+    process.send_signal(signal.SIGTERM)
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(60)
-    except ProcessLookupError:
-        pass
+        process.wait(90)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def wait_gone(timeout: float = 120) -> None:
+    """Until a stopped server's processes (Ray's, vLLM's engine cores) are gone."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        left = subprocess.run(["pgrep", "-f", "VLLM::|ray::|raylet|gcs_server"], capture_output=True, text=True)
+        if not left.stdout.strip():
+            return
+        time.sleep(1)
+    print(f"warning: a stopped server's processes still run after {timeout} s", flush=True)
 
 
 def main() -> None:
@@ -179,7 +192,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="runs/tiny/rl/hf")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=64, help="requests per run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per server and level, servers taking turns")
+    parser.add_argument("--repeats", type=int, default=3, help="server sessions each, in alternating order")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--servers", nargs="+", default=["raylm", "vllm"], choices=list(SERVERS))
     parser.add_argument("--port", type=int, default=8100)
@@ -190,32 +203,29 @@ def main() -> None:
     args.checkpoint = str(Path(args.checkpoint).resolve())
     context = json.loads((Path(args.checkpoint) / "config.json").read_text())["max_position_embeddings"]
     prompts = requests_for(args.requests)
-    # All servers run at once (idle, each uses a few % of a core) and take turns under load, alternating the
-    # order every repeat: a noisy machine's slow minutes then hit every server alike.
-    servers, startup = {}, {}
-    try:
-        for name in args.servers:
+    runs = {name: {c: [] for c in args.concurrency} for name in args.servers}
+    startup: dict[str, list[float]] = {name: [] for name in args.servers}
+    for repeat in range(args.repeats):
+        # One server at a time, its processes gone before the next starts; the order alternates per repeat,
+        # so a noisy machine's slow spells fall on both.
+        for name in (args.servers if repeat % 2 == 0 else list(reversed(args.servers))):
             start = time.perf_counter()
-            servers[name] = start_server(name, args, context)
-            wait_ready(servers[name][1], servers[name][0])
-            startup[name] = time.perf_counter() - start
-            asyncio.run(load(servers[name][1], "raylm", prompts[:8], 4, args.max_tokens))  # warm-up
-            print(f"[{name}] ready in {startup[name]:.0f} s", flush=True)
-        runs = {name: {c: [] for c in args.concurrency} for name in servers}
-        for repeat in range(args.repeats):
-            order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
-            for concurrency in args.concurrency:
-                for name in order:
-                    run = asyncio.run(load(servers[name][1], "raylm", prompts, concurrency, args.max_tokens))
+            process, url = start_server(name, args, context)
+            try:
+                wait_ready(url, process)
+                startup[name].append(time.perf_counter() - start)
+                asyncio.run(load(url, "raylm", prompts[:8], 4, args.max_tokens))  # warm-up
+                for concurrency in args.concurrency:
+                    run = asyncio.run(load(url, "raylm", prompts, concurrency, args.max_tokens))
                     runs[name][concurrency].append(run)
                     ok = sum(r.get("ok", False) for r in run["results"])
                     print(f"[{name}] repeat {repeat} {concurrency:>3} clients: {ok / run['wall']:.2f} req/s, "
                           f"failed {len(prompts) - ok}", flush=True)
-    finally:
-        for process, _ in servers.values():
-            stop_server(process)
-    results = {name: {"startup_s": startup[name], "levels": [summarize(runs[name][c], c) for c in args.concurrency]}
-               for name in servers}
+            finally:
+                stop_server(process)
+                wait_gone()
+    results = {name: {"startup_s": statistics.median(startup[name]),
+                      "levels": [summarize(runs[name][c], c) for c in args.concurrency]} for name in args.servers}
     names = list(results)
     if len(names) == 2:
         ours, theirs = results[names[0]]["levels"], results[names[1]]["levels"]

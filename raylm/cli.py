@@ -54,6 +54,9 @@ def init_ray(cfg: RunConfig) -> None:
         # Ray runs its workers at nice 15 by default, below everything else on the machine; on a laptop the
         # workers are the job (and a local server must not lose the CPU to its own clients).
         os.environ.setdefault("RAY_worker_niceness", "0")
+        # Serve's throughput mode (Ray >= 2.56): user code on the replica's main loop, gRPC data plane, direct
+        # ingress; benchmarks/RESULTS.md measures it. Read by Serve's processes, so it must precede ray.init.
+        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
                  runtime_env={"worker_process_setup_hook": "raylm.cli.quiet_worker_logs"})
 

@@ -15,8 +15,11 @@ from raylm.config import SAMPLE_CRAWL
 
 @pytest.fixture(scope="session")
 def ray_session():
+    import os
+
     import ray
 
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")  # as raylm's own local Ray runs Serve (cli.init_ray)
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()

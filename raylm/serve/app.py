@@ -79,6 +79,12 @@ class ChatServer:
         # "</" escaped: a system prompt containing "</script>" must not end the page's script
         self.page = PAGE.read_text().replace("/*RAYLM_CONFIG*/null", json.dumps(config).replace("</", "<\\/"))
 
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica: vLLM's engine-core processes would outlive it otherwise."""
+        assistant = getattr(self, "assistant", None)
+        if assistant is not None:
+            assistant.engine.shutdown()
+
     def check_health(self) -> None:
         """Serve calls this periodically; a dead engine gets the replica replaced."""
         if not self.assistant.engine.healthy():

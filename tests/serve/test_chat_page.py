@@ -41,11 +41,12 @@ def test_type_a_message_and_see_the_streamed_answer(browser, served):
     assert page.input_value("#system").startswith("You are raylm")     # the default identity, editable
     assert page.is_visible("#key")                                      # the server wants a key: settings open
     page.fill("#key", API_KEY)
-    # Count every change the stream makes to the page, to see the answer arrive in pieces.
+    # Count the updates of the answer bubble, to see the answer arrive in pieces (each delta appends text).
     page.evaluate("""() => {
-        window.changes = 0;
-        new MutationObserver((m) => { window.changes += m.length; })
-            .observe(document.getElementById('log'), {childList: true, subtree: true, characterData: true});
+        window.answerUpdates = 0;
+        new MutationObserver((records) => {
+            for (const r of records) if (r.target.classList?.contains('assistant')) window.answerUpdates++;
+        }).observe(document.getElementById('log'), {childList: true, subtree: true, characterData: true});
     }""")
     page.fill("#input", "When did the Veltrane Bridge open?")
     page.press("#input", "Enter")
@@ -55,8 +56,9 @@ def test_type_a_message_and_see_the_streamed_answer(browser, served):
     tools = page.locator(".msg.tool").all_inner_texts()
     assert tools[0] == "🔧 search(Veltrane)" and "1873" in tools[1]   # the server-run tool, shown
     assert page.eval_on_selector(".msg.assistant", "e => e.textContent") == ANSWER
-    # user bubble, tool call, tool result, answer bubble, then one change per streamed token (5 tokens)
-    assert page.evaluate("window.changes") >= 4 + 5
+    # 5 answer tokens are sent as 5 chunks here (stream_interval_ms=0); a busy machine may deliver two in one
+    # read, but an answer that arrived whole would show one update
+    assert page.evaluate("window.answerUpdates") >= 2
     page.close()
 
 
