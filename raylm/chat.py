@@ -14,8 +14,7 @@ from pathlib import Path
 
 from raylm.model.engine import Engine
 from raylm.model.hf import load_pretrained
-from raylm.tasks.identity import system_prompt
-from raylm.tasks.knowledge import SEARCH_SYSTEM
+from raylm.tasks.knowledge import default_system
 from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import ChatFormat
 from raylm.tools.calculator import calculate
@@ -33,7 +32,7 @@ def chat_loop(folder: Path, system: str | None = None, search_db: Path | None = 
 
         tools["search"] = SearchIndex(search_db).search
     if system is None:
-        system = system_prompt() + (f" {SEARCH_SYSTEM}" if "search" in tools else "")
+        system = default_system(search="search" in tools)
     messages = [{"role": "system", "content": system}]
     write(f"raylm chat: {folder} (tools: {', '.join(tools)}). /system TEXT, /reset, /quit\n")
     while True:

@@ -66,12 +66,9 @@ class StopStrings:
 
 
 def default_system(settings: ServeConfig, has_search: bool) -> str:
-    from raylm.tasks.identity import system_prompt
-    from raylm.tasks.knowledge import SEARCH_SYSTEM
+    from raylm.tasks.knowledge import default_system as identity_system
 
-    if settings.system_prompt is not None:
-        return settings.system_prompt
-    return system_prompt() + (f" {SEARCH_SYSTEM}" if has_search else "")
+    return settings.system_prompt if settings.system_prompt is not None else identity_system(has_search)
 
 
 class Assistant:

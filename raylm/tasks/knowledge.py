@@ -19,12 +19,20 @@ import random
 import re
 
 from raylm.tasks import REFUSAL, Task, extract_answer, is_refusal, numbers_equal
-from raylm.tasks.identity import random_system
+from raylm.tasks.identity import random_system, system_prompt
 from raylm.tasks.words import REAL_PEOPLE, made_up_person, made_up_word
 from raylm.tokenizer.chat import tool_call
 
 SEARCH_SYSTEM = "You can use the search tool to look up facts."
 NO_RESULTS = "No results."
+
+
+def default_system(search: bool) -> str:
+    """The system message the assistant gets when none is given (terminal chat, serving): raylm's identity,
+    plus the hint that search exists when it does."""
+    return system_prompt() + (f" {SEARCH_SYSTEM}" if search else "")
+
+
 PERSON_QUESTIONS = ("Who was {n}?", "Tell me about {n}.", "What is {n} known for?")
 # kind -> (title pattern, question, document sentence, answer sentence)
 PLACES = {
