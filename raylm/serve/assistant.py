@@ -88,7 +88,8 @@ class Assistant:
 
             self.tools["search"] = SearchIndex(search_db).search
         self.system = default_system(settings, "search" in self.tools)
-        self.engine = make_engine(settings.engine, str(folder.resolve()), self.context_len, settings.kv_cache_gib)
+        self.engine = make_engine(settings.engine, str(folder.resolve()), self.context_len, settings.kv_cache_gib,
+                                  colocate_engine_core=settings.colocate_engine_core)
 
     def _budget(self, prompt: list[int], requested: int | None) -> int:
         room = self.context_len - len(prompt)
@@ -127,8 +128,16 @@ class Assistant:
 
     async def events(self, turn: Turn) -> AsyncIterator[dict]:
         """{"type": "text", "text"}, {"type": "tool_call", "name", "argument"}, {"type": "tool_result", "content"},
-        and last {"type": "end", "finish_reason": "stop" | "length", "completion_tokens": int}."""
+        and last {"type": "end", "finish_reason": "stop" | "length", "prompt_tokens": int, "completion_tokens": int}.
+
+        Usage as a client pays for it: completion_tokens are the sampled ones; prompt_tokens are the request's
+        prompt plus the tool results the server put into the context (read by the model, never sampled)."""
         context, generated = list(turn.prompt), 0
+
+        def end(reason: str) -> dict:
+            return {"type": "end", "finish_reason": reason, "prompt_tokens": len(context) - generated,
+                    "completion_tokens": generated}
+
         stops = StopStrings(turn.stops)
         for round_ in range(turn.max_tool_rounds + 1):
             decoder = TurnDecoder(self.chat, hidden=turn.stop_ids)
@@ -143,7 +152,7 @@ class Assistant:
                 if text:
                     yield {"type": "text", "text": text}
                 if hit:  # leaving the loop closes the engine's stream, which aborts the request
-                    yield {"type": "end", "finish_reason": "stop", "completion_tokens": generated}
+                    yield end("stop")
                     return
             text, hit = stops.feed(decoder.flush())
             text += "" if hit else stops.flush()
@@ -157,6 +166,6 @@ class Assistant:
                 context += self.chat.tool_result(result)
                 continue
             done = hit or decoder.finished or call is not None or context[-1] == self.eos
-            yield {"type": "end", "finish_reason": "stop" if done else "length", "completion_tokens": generated}
+            yield end("stop" if done else "length")
             return
-        yield {"type": "end", "finish_reason": "length", "completion_tokens": generated}
+        yield end("length")

@@ -34,7 +34,8 @@ class Sampling:
 class VllmAsyncEngine:
     name = "vllm"
 
-    def __init__(self, checkpoint: str, max_model_len: int, kv_cache_gib: int = 1, seed: int = 0):
+    def __init__(self, checkpoint: str, max_model_len: int, kv_cache_gib: int = 1, seed: int = 0,
+                 colocate_engine_core: bool = True):
         import torch
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # CPU: KV cache size, GiB
@@ -47,6 +48,15 @@ class VllmAsyncEngine:
                                enforce_eager=not self.on_gpu,
                                skip_tokenizer_init=True)  # ids in, ids out: raylm renders and decodes
         self.llm = AsyncLLM.from_engine_args(args)
+        self.ongoing = 0
+        self.placement = None
+        if colocate_engine_core and not self.on_gpu:
+            from raylm.serve.placement import EngineCorePlacement
+
+            self.placement = EngineCorePlacement()
+            if self.placement.enabled:
+                print(f"[serve] vLLM engine core joins its worker's CPUs {self.placement.worker_cpus} while "
+                      f"{self.placement.busy}+ requests run", flush=True)
 
     async def stream(self, ids: list[int], sampling: Sampling, stop_ids: tuple[int, ...]) -> AsyncIterator[list[int]]:
         from vllm import SamplingParams
@@ -60,11 +70,20 @@ class VllmAsyncEngine:
                                 # a non-streamed request needs no per-step outputs: less work per token
                                 output_kind=RequestOutputKind.DELTA if sampling.stream else
                                 RequestOutputKind.FINAL_ONLY)
-        # A client that disconnects cancels this generator; AsyncLLM then aborts the request.
-        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, uuid.uuid4().hex):
-            tokens = list(out.outputs[0].token_ids)
-            if tokens:
-                yield tokens
+        self._placed(+1)
+        try:
+            # A client that disconnects cancels this generator; AsyncLLM then aborts the request.
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, uuid.uuid4().hex):
+                tokens = list(out.outputs[0].token_ids)
+                if tokens:
+                    yield tokens
+        finally:
+            self._placed(-1)
+
+    def _placed(self, change: int) -> None:
+        self.ongoing += change
+        if self.placement:
+            self.placement.update(self.ongoing)
 
     def healthy(self) -> bool:
         return not self.llm.errored
@@ -170,11 +189,14 @@ async def coalesce(source: AsyncIterator[list[int]], interval_s: float) -> Async
 _END = object()
 
 
-def make_engine(kind: str, checkpoint: str, max_model_len: int, kv_cache_gib: int = 1, seed: int = 0):
+def make_engine(kind: str, checkpoint: str, max_model_len: int, kv_cache_gib: int = 1, seed: int = 0,
+                colocate_engine_core: bool = True):
     from raylm.rl.rollout import vllm_available
 
     if kind == "vllm" and not vllm_available():
         print("[serve] vLLM is not installed: replicas use raylm's torch engine", flush=True)
         kind = "torch"
-    engine = VllmAsyncEngine if kind == "vllm" else TorchAsyncEngine
-    return engine(checkpoint, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, seed=seed)
+    if kind == "torch":
+        return TorchAsyncEngine(checkpoint, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, seed=seed)
+    return VllmAsyncEngine(checkpoint, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, seed=seed,
+                           colocate_engine_core=colocate_engine_core)

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
+from raylm.serve.assistant import default_system
 from tests.serve.conftest import ANSWER, API_KEY, CALL
 
 USER = [{"role": "user", "content": "When did the Veltrane Bridge open?"}]
@@ -29,18 +30,24 @@ def test_chat_completion_runs_the_search_tool(client, served):
     assert "opened in 1873" in trace[0]["result"] and "example.org/veltrane" in trace[0]["result"]
     # sampled: the call (name, argument, 2 markers) and the answer with <|im_end|>; the tool result is not sampled
     assert reply.usage.completion_tokens == len(chat.text(CALL)) + 2 + len(chat.text(ANSWER)) + 1
+    # read: the prompt (default system message + question) and the tool result the server inserted
+    prompt = chat.prompt([{"role": "system", "content": default_system(settings, has_search=True)}, *USER])
+    assert reply.usage.prompt_tokens == len(prompt) + len(chat.tool_result(trace[0]["result"]))
 
 
 def test_system_prompt_default_and_override(client, served):
-    _, _, chat = served
-    from raylm.serve.assistant import default_system
+    _, settings, chat = served
+
+    def prompt_tokens(reply) -> int:  # the prompt's share of usage: less the tool result's tokens
+        result = reply.choices[0].message.model_extra["tool_trace"][0]["result"]
+        return reply.usage.prompt_tokens - len(chat.tool_result(result))
 
     default = client.chat.completions.create(model="raylm", messages=USER)
-    identity = default_system(served[1], has_search=True)
-    assert default.usage.prompt_tokens == len(chat.prompt([{"role": "system", "content": identity}, *USER]))
+    identity = default_system(settings, has_search=True)
+    assert prompt_tokens(default) == len(chat.prompt([{"role": "system", "content": identity}, *USER]))
     custom = [{"role": "system", "content": "You are Ada, made by Lovelace Labs."}, *USER]
     override = client.chat.completions.create(model="raylm", messages=custom)
-    assert override.usage.prompt_tokens == len(chat.prompt(custom)) != default.usage.prompt_tokens
+    assert prompt_tokens(override) == len(chat.prompt(custom)) != prompt_tokens(default)
 
 
 def test_streaming_sends_tool_events_then_the_answer(client):
