@@ -66,6 +66,12 @@ def local_ray_env() -> dict[str, str]:
             "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(ports[3])}
 
 
+def apply_local_ray_env() -> None:
+    """local_ray_env() into this process's env, where Ray's processes inherit it; a user's own setting wins."""
+    for key, value in local_ray_env().items():
+        os.environ.setdefault(key, value)
+
+
 def free_ports(count: int) -> list[int]:
     import socket
 
@@ -88,8 +94,7 @@ def init_ray(cfg: RunConfig) -> None:
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):  # a cluster's job keeps the runtime_env it came with
         ray.init(address=cfg.ray.address, log_to_driver=True)
     else:
-        for key, value in local_ray_env().items():
-            os.environ.setdefault(key, value)  # a user's own setting wins
+        apply_local_ray_env()
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
                  runtime_env={"worker_process_setup_hook": "raylm.cli.quiet_worker_logs"})
 

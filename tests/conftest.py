@@ -15,14 +15,11 @@ from raylm.config import SAMPLE_CRAWL
 
 @pytest.fixture(scope="session")
 def ray_session():
-    import os
-
     import ray
 
-    from raylm.cli import local_ray_env
+    from raylm.cli import apply_local_ray_env
 
-    for key, value in local_ray_env().items():  # Serve runs as on raylm's own local Ray (cli.init_ray)
-        os.environ.setdefault(key, value)
+    apply_local_ray_env()  # Serve runs as on raylm's own local Ray (cli.init_ray)
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()

@@ -69,8 +69,8 @@ def write_serve_config(settings: ServeConfig, checkpoint: Path, search_db: Path 
     path.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# raylm serve config, written {time.strftime('%Y-%m-%d %H:%M')}: `serve deploy {path.name}`.\n"
               f"# Replicas read the API key from ${settings.api_key_env}; set it in the cluster's env.\n"
-              f"# Serve's throughput mode needs RAY_SERVE_THROUGHPUT_OPTIMIZED=1 in every node's env (raylm sets it\n"
-              f"# for a local Ray), and RAY_SERVE_ENABLE_HA_PROXY=1 where haproxy is installed.\n")
+              f"# Serve's throughput mode and HAProxy ingress need RAY_SERVE_THROUGHPUT_OPTIMIZED=1 and\n"
+              f"# RAY_SERVE_ENABLE_HA_PROXY=1 in every node's env (raylm.cli.local_ray_env sets them for a local Ray).\n")
     path.write_text(header + yaml.safe_dump(document, sort_keys=False))
     return path
 
