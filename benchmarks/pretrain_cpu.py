@@ -6,9 +6,9 @@ same steps with the same total batch: Ray Train with N workers x B sequences
 torch threads. Reported: steady-state tokens/s (from the loop's own log points,
 after the first, so start-up and the first steps do not count) and wall time.
 
-    python benchmarks/pretrain_cpu.py --run runs/tiny [--steps 60]
+    python benchmarks/pretrain_cpu.py [--config tiny] [--steps 60]
 
-Needs `raylm run` (or `raylm tokenizer`) to have produced runs/<name>/tokenizer.
+Needs `raylm run` (or `raylm tokenizer`) to have finished the run's tokenizer step.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from raylm.config import load_config  # noqa: E402
+from raylm.config import StorageConfig, load_config  # noqa: E402
+from raylm.runs import run_step  # noqa: E402
+from raylm.steps import Run  # noqa: E402
+from raylm.storage import Storage  # noqa: E402
 from raylm.train.loop import run_without_ray  # noqa: E402
 from raylm.train.pretrain import loop_config  # noqa: E402
 
@@ -36,19 +39,20 @@ def steady_tokens_per_s(history: list[dict]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=Path("runs/tiny"))
-    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--config", default="tiny", help="the run (its storage and name) whose tokenizer step is used")
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
-    cfg = load_config(args.config).pretrain
+    run_cfg = load_config(args.config)
+    cfg = run_cfg.pretrain
     workers = cfg.num_workers
     cfg.steps, cfg.log_every, cfg.eval_every, cfg.checkpoint_every = args.steps, 10, args.steps, args.steps
-    tokenizer_dir = args.run / "tokenizer"
+    tokenizer = Run(run_cfg).result("tokenizer")
+    if tokenizer is None:
+        raise SystemExit(f"no finished tokenizer step in run '{run_cfg.name}': run `raylm tokenizer` first")
 
     import torch
 
-    plain = loop_config(cfg, tokenizer_dir)
-    plain["batch_size"] = cfg.batch_size * workers
+    plain = loop_config(cfg.model_copy(update={"batch_size": cfg.batch_size * workers}), tokenizer)
     torch.set_num_threads(workers)
     t = time.time()
     plain_history = run_without_ray(plain)
@@ -60,10 +64,12 @@ def main() -> None:
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     t = time.time()
-    storage = Path("benchmarks/out/pretrain_cpu")
-    result = run_pretrain(cfg, tokenizer_dir, storage / "export", storage / f"ray_train-{int(t)}")
+    out = Storage(StorageConfig(uri="benchmarks/out/pretrain_cpu"))
+    name = f"bench-{int(t)}"  # a fresh Ray Train run every time: nothing resumed
+    result = run_step("pretrain", out, name, name,
+                      lambda work: run_pretrain(cfg, tokenizer, work, "ray_train", name)).metrics
     ray_wall = time.time() - t
-    ray_history = json.loads((storage / "export" / "history.json").read_text())
+    ray_history = json.loads(out.read_text(f"{name}/history.json"))
     ray.shutdown()
 
     plain_tps, ray_tps = steady_tokens_per_s(plain_history), steady_tokens_per_s(ray_history)

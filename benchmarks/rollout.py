@@ -75,8 +75,10 @@ def main() -> None:
 
     import ray
 
+    from raylm.config import StorageConfig
     from raylm.model.hf import load_pretrained
     from raylm.rl.rollout import RolloutPool
+    from raylm.storage import Storage
     from raylm.rl.weight_sync import pack
     from raylm.tasks import generate_tasks
     from raylm.tokenizer.bpe import load
@@ -100,7 +102,8 @@ def main() -> None:
             ray.kill(actor)
         else:
             started = time.perf_counter()
-            pool = RolloutPool(name, args.checkpoint, 1, [chat.im_end], cpus_per_worker=args.cpus)
+            storage = Storage(StorageConfig(uri=str(args.checkpoint)))
+            pool = RolloutPool(name, storage, "", 1, [chat.im_end], cpus_per_worker=args.cpus)
             pool.generate(prompts[:2], 2, 1.0, 8)  # warm-up (and waits for the engine to load)
             load_s = time.perf_counter() - started
             groups, seconds = timed(lambda: pool.generate(prompts, args.n, 1.0, args.max_new_tokens, seed=0))

@@ -4,7 +4,7 @@
 
 On a cluster the Serve app outlives the job: the job deploys it, prints the URL and
 ends; `serve status` shows it and `serve shutdown` stops it. The same deployment is
-written to runs/<name>/serve/serve_config.yaml for `serve deploy` or a KubeRay RayService.
+written to <storage>/<name>/serve/serve_config.yaml for `serve deploy` or a KubeRay RayService.
 """
 
 from _entry import run_step_job  # jobs/ is on sys.path when this file runs as a script

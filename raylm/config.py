@@ -9,11 +9,12 @@ Unknown keys and bad values are rejected with a message that names the key:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 SAMPLE_CRAWL = Path(__file__).parent / "sample" / "crawl"
@@ -25,6 +26,18 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(Strict):
+    """Where every artifact of a run lives (raylm/storage.py); every node of the cluster must reach it."""
+
+    uri: str = Field("runs", description="a local or mounted folder, s3://bucket/prefix, gs://bucket/prefix, "
+                     "or any URI pyarrow.fs resolves; runs live in <uri>/<name>/")
+    endpoint_override: str | None = Field(None, description="S3-compatible endpoint (host:port), e.g. MinIO")
+    region: str | None = Field(None, description="S3 region")
+    scheme: Literal["http", "https"] | None = Field(None, description="S3 endpoint scheme")
+    cache_dir: str | None = Field(None, description="node-local cache of downloaded artifacts; "
+                                  "None: $TMPDIR/raylm-cache")
 
 
 class RayConfig(Strict):
@@ -71,7 +84,11 @@ class PiiConfig(Strict):
 
 
 class DataConfig(Strict):
-    input: list[str] = Field(default_factory=lambda: [str(SAMPLE_CRAWL)])
+    input: list[str] = Field(default_factory=lambda: [str(SAMPLE_CRAWL)],
+                             description="files or folders (local, mounted, s3://...), or a Common Crawl "
+                             "warc.paths(.gz) listing")
+    listing_base: str = Field("s3://commoncrawl/", description="what the paths of a warc.paths listing are "
+                              "relative to")
     extractor: Literal["trafilatura", "resiliparse"] = "trafilatura"
     batch_size: int = Field(64, ge=1, description="documents per Ray Data batch")
     num_workers: int = Field(2, ge=1, description="actors in the cleaning pool")
@@ -86,24 +103,48 @@ class TokenizerConfig(Strict):
     vocab_size: int = Field(4096, ge=512, description="including the special tokens")
     min_frequency: int = Field(2, ge=1)
     val_fraction: float = Field(0.05, gt=0, lt=1, description="share of documents held out (by id hash)")
-    shard_tokens: int = Field(1_000_000, ge=1024)
+    shard_tokens: int = Field(1_000_000, ge=1024, description="about this many tokens per shard (whole documents)")
+    max_train_chars: int = Field(2_000_000_000, ge=1, description="the BPE trains on at most this much text")
 
 
-class ModelConfig(Strict):
-    dim: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    intermediate_size: int = Field(0, ge=0, description="0: ~8/3 * dim")
-    max_seq_len: int = 256
+class GPTConfig(Strict):
+    """The model's shape: one schema for the config files, the training workers and raylm/model/gpt.py."""
+
+    vocab_size: int = Field(0, ge=0, description="0: the tokenizer's vocabulary size")
+    dim: int = Field(128, ge=1)
+    n_layers: int = Field(4, ge=1)
+    n_heads: int = Field(4, ge=1)
+    n_kv_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(0, ge=0, description="0: the Llama rule, ~8/3 * dim rounded up to 64")
+    max_seq_len: int = Field(256, ge=1)
     rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
     tie_embeddings: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_intermediate_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("intermediate_size"):
+            data = {**data, "intermediate_size": 64 * math.ceil(8 * data.get("dim", 128) / 3 / 64)}
+        return data
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "GPTConfig":
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError("dim must divide by n_heads, and n_heads by n_kv_heads")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
 
 
 class TrainConfig(Strict):
     """The training loop's settings, shared by pretraining and SFT (raylm/train/loop.py)."""
 
     num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the workers: PACK fills a node first, SPREAD one per node")
     use_gpu: bool = False
     steps: int = Field(300, ge=1)
     batch_size: int = Field(16, ge=1, description="sequences per worker per micro-batch")
@@ -126,7 +167,7 @@ class TrainConfig(Strict):
 
 
 class PretrainConfig(TrainConfig):
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: GPTConfig = Field(default_factory=GPTConfig)
 
 
 DEFAULT_MIX = {"arithmetic": 3000, "compare": 2000, "spelling": 2000, "identity": 1500,
@@ -219,6 +260,11 @@ class ServeConfig(Strict):
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     replica_cpus: float = Field(1.0, gt=0)
     replica_gpus: float = Field(0.0, ge=0)
+    replica_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources each "
+                                                "replica needs, e.g. {accelerator_type:H100: 0.001} to pick nodes")
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode", description="where Serve runs its HTTP proxies (a load balancer in front of every node, or "
+        "one on the head)")
     kv_cache_gib: int = Field(1, ge=1, description="vLLM's KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
     colocate_engine_core: bool = Field(True, description="CPU: run vLLM's engine core on its worker's cores "
                                        "(they take turns), leaving the rest to HTTP (raylm/serve/placement.py)")
@@ -226,7 +272,7 @@ class ServeConfig(Strict):
 
 class RunConfig(Strict):
     name: str = "tiny"
-    runs_dir: str = "runs"
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,47 @@ from raylm.config import SAMPLE_CRAWL
 def ray_session():
     import ray
 
-    from raylm.cli import apply_local_ray_env
+    from raylm.ray_setup import apply_local_ray_env
 
-    apply_local_ray_env()  # Serve runs as on raylm's own local Ray (cli.init_ray)
+    apply_local_ray_env()  # Serve runs as on raylm's own local Ray (ray_setup.init_ray)
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """moto's S3 server on loopback (host:port), for the whole session; dummy credentials in the env
+    (pyarrow would otherwise ask a cloud metadata service for them)."""
+    from moto.server import ThreadedMotoServer
+
+    from raylm.ray_setup import free_ports
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "raylm-test", "AWS_SECRET_ACCESS_KEY": "raylm-test",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        os.environ.setdefault(key, value)
+    port = free_ports(1)[0]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_storage(s3_endpoint):
+    """A Storage on a fresh bucket of the moto server."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    from raylm.config import StorageConfig
+    from raylm.storage import Storage
+
+    bucket = f"raylm-{uuid.uuid4().hex[:12]}"
+    pafs.S3FileSystem(endpoint_override=s3_endpoint, scheme="http", region="us-east-1",
+                      allow_bucket_creation=True).create_dir(bucket)
+    return Storage(StorageConfig(uri=f"s3://{bucket}/runs", endpoint_override=s3_endpoint, scheme="http",
+                                 region="us-east-1"))
 
 
 @pytest.fixture(scope="session")
@@ -31,15 +67,17 @@ def sample_files() -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def sample_tokenizer(ray_session, sample_files, tmp_path_factory) -> Path:
-    """A tokenizer (vocab 1024) and shards from the sample crawl's English pages (extraction only, to stay quick)."""
+def sample_tokenizer(ray_session, sample_files, tmp_path_factory):
+    """A tokenizer step (vocab 1024, shards) on the sample crawl's English pages (extraction only, to stay
+    quick), as the StepResult that pretraining takes; its folder is `result.storage.path(result.rel)`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raylm.config import TokenizerConfig
+    from raylm.config import StorageConfig, TokenizerConfig
     from raylm.data.clean import extract_text
     from raylm.data.readers import iter_warc
     from raylm.runs import run_step
+    from raylm.storage import Storage
     from raylm.tokenizer.step import run_tokenizer
 
     root = tmp_path_factory.mktemp("sample_tokenizer")
@@ -53,8 +91,10 @@ def sample_tokenizer(ray_session, sample_files, tmp_path_factory) -> Path:
     (root / "kept").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), root / "kept" / "part-0.parquet")
     cfg = TokenizerConfig(vocab_size=1024, shard_tokens=100_000, val_fraction=0.1)
-    run_step("tokenizer", root / "tokenizer", {}, lambda work: run_tokenizer(cfg, root / "kept", work))
-    return root / "tokenizer"
+    storage = Storage(StorageConfig(uri=str(root)))
+    data = {"kept_documents": len(rows), "kept_characters": sum(len(r["text"]) for r in rows)}
+    return run_step("tokenizer", storage, "tokenizer", "sample",
+                    lambda work: run_tokenizer(cfg, storage, "kept", data, work))
 
 
 def write_warc(path: Path, pages: list[tuple[str, bytes, str | None]], status: str = "200 OK") -> Path:

@@ -15,9 +15,8 @@ Then stats.json and funnel.png (documents and characters left after each step).
 from __future__ import annotations
 
 import functools
-import shutil
+import math
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,10 +28,13 @@ from ray.data.expressions import col
 from raylm.config import DataConfig, PiiConfig
 from raylm.data.clean import Cleaner
 from raylm.data.dedup import exact_duplicates, minhash_clusters
-from raylm.data.readers import InputError, read_documents
+from raylm.data.readers import InputFiles, read_documents
 from raylm.data.report import write_report
+from raylm.errors import InputError
+from raylm.runs import Work
 
 KEPT_COLUMNS = ["id", "url", "text", "language_score", "cluster_id"]
+PARTITION_BYTES = 256 << 20  # shuffle partitions (groupbys, joins) of about this much data each
 REMOVED_COLUMNS = ["id", "url", "step", "reason", "num_chars"]
 
 
@@ -71,25 +73,30 @@ def _log(message: str) -> None:
     print(f"[data] {message}", flush=True)
 
 
-def run_data(cfg: DataConfig, out_dir: Path) -> dict:
-    """Run the whole data step into `out_dir`; returns the metrics for the manifest."""
-    out_dir = Path(out_dir)
+def num_partitions(ds: ray.data.Dataset) -> int:
+    """Shuffle partitions from the size of the data, not from the CPUs free right now (a cluster that
+    is still scaling up, or whose head runs no work, would get one partition for any corpus)."""
+    return max(1, math.ceil((ds.size_bytes() or 0) / PARTITION_BYTES))
+
+
+def run_data(cfg: DataConfig, inputs: list[InputFiles], work: Work) -> dict:
+    """Run the whole data step into the step's folder in storage; returns the metrics for the manifest."""
+    fs = work.storage.fs
     timings: dict[str, float] = {}
-    parts = max(1, int(ray.available_resources().get("CPU", 1)))
 
     t = time.time()
     _log(f"1/4 read + clean: {', '.join(cfg.input)} (extractor={cfg.extractor}, {cfg.num_workers} actors)")
-    work = out_dir / "_cleaned"
-    read_documents(cfg.input, rows_per_block=cfg.batch_size).map_batches(
+    read_documents(inputs, rows_per_block=cfg.batch_size).map_batches(
         Cleaner, fn_constructor_args=(cfg,), batch_format="pyarrow", batch_size=cfg.batch_size,
         num_cpus=cfg.worker_cpus, compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
-    ).write_parquet(str(work))
-    cleaned = ray.data.read_parquet(str(work))
+    ).write_parquet(work.path("_cleaned"), filesystem=fs)
+    cleaned = ray.data.read_parquet(work.path("_cleaned"), filesystem=fs)
     kept = cleaned.filter(expr=col("step").is_null()).drop_columns(["step", "reason"]).materialize()
     timings["clean"] = time.time() - t
     num_read = cleaned.count()
     if num_read == 0:
         raise EmptyCorpusError(f"no documents found in {', '.join(cfg.input)}")
+    parts = num_partitions(kept)
 
     t = time.time()
     removed = [cleaned.filter(expr=col("step").is_not_null()).select_columns(REMOVED_COLUMNS)]
@@ -124,13 +131,13 @@ def run_data(cfg: DataConfig, out_dir: Path) -> dict:
     kept = kept.map_batches(_with_cluster_id, batch_format="pyarrow")
     if cfg.pii.emails or cfg.pii.ips:
         kept = kept.map_batches(scrub_pii, fn_args=(cfg.pii,), batch_format="pyarrow")
-    kept.select_columns(KEPT_COLUMNS).write_parquet(str(out_dir / "kept"))
+    kept.select_columns(KEPT_COLUMNS).write_parquet(work.path("kept"), filesystem=fs)
     removed_log = removed[0].union(*removed[1:]) if len(removed) > 1 else removed[0]
-    removed_log.write_parquet(str(out_dir / "removed"))
-    shutil.rmtree(work)
+    removed_log.write_parquet(work.path("removed"), filesystem=fs)
+    work.storage.delete(f"{work.rel}/_cleaned")
     timings["write"] = time.time() - t
 
-    stats = write_report(out_dir, timings)
+    stats = write_report(work.storage, work.rel, work.local, timings)
     if stats["kept_documents"] == 0:
         raise EmptyCorpusError("every document was removed; see removed/ and stats.json for why")
     _log(f"kept {stats['kept_documents']} of {stats['input_records']} records "

@@ -17,9 +17,10 @@ and reports the damage as one `truncated_archive` row.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 import zlib
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator
 
 import pyarrow as pa
@@ -28,6 +29,10 @@ from charset_normalizer import from_bytes
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from ray.data.datasource import FileBasedDatasource
 
+from raylm.config import StorageConfig
+from raylm.errors import InputError
+from raylm.storage import Storage
+
 WARC_SUFFIXES = (".warc", ".warc.gz")
 JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -35,10 +40,6 @@ COLUMNS = ["id", "url", "html", "text", "reason"]
 SCHEMA = pa.schema([(c, pa.string()) for c in COLUMNS])
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-:.]+)""", re.I)
-
-
-class InputError(ValueError):
-    """An input path that cannot be used; the message is one line for the user."""
 
 
 def decode_html(body: bytes, declared: str | None) -> str | None:
@@ -53,7 +54,7 @@ def decode_html(body: bytes, declared: str | None) -> str | None:
             continue
         try:
             return body.decode(charset)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, UnicodeError):  # unknown name, wrong bytes, or Python's "undefined" codec
             continue
     best = from_bytes(body).best()
     return str(best) if best is not None else None
@@ -83,7 +84,12 @@ def iter_warc(stream, path: str) -> Iterator[dict]:
     """Rows for the HTTP response records of one WARC stream (already decompressed)."""
     try:
         for record in ArchiveIterator(stream, record_types=WarcRecordType.response, parse_http=True):
-            yield _record_row(record, path)
+            try:
+                yield _record_row(record, path)
+            except Exception as err:  # one odd record is a skipped record, never the end of the step
+                yield {"id": record.record_id or f"{path}#{record.stream_pos}",
+                       "url": record.headers.get("WARC-Target-URI", ""), "html": None, "text": None,
+                       "reason": "unreadable_record", "error": f"{type(err).__name__}: {err}"[:200]}
     except (EOFError, OSError, zlib.error) as err:
         yield {"id": f"{path}#damaged", "url": path, "html": None, "text": None,
                "reason": "truncated_archive", "error": str(err)[:200]}
@@ -132,24 +138,63 @@ def _to_documents(batch: pa.Table) -> pa.Table:
     return pa.Table.from_arrays([ids, urls, nulls, texts, reasons], schema=SCHEMA)
 
 
-def find_inputs(paths: list[str]) -> dict[str, list[str]]:
-    """Local paths or folders -> {"warc": [...], "json": [...], "parquet": [...]}; remote URIs pass through."""
-    found: dict[str, list[str]] = {"warc": [], "json": [], "parquet": []}
-    kinds = {"warc": WARC_SUFFIXES, "json": JSON_SUFFIXES, "parquet": PARQUET_SUFFIXES}
+@dataclass
+class InputFiles:
+    """The input files found under one user-given path, and the filesystem to read them with."""
+
+    storage: Storage
+    files: dict[str, list[str]]             # kind (warc, json, parquet) -> filesystem paths
+    listing: list[tuple[str, int, str]]     # (path, size, mtime) of every file: part of the data step's digest
+
+
+# Common Crawl puts these beside the WARC files of a crawl: never read them as web pages
+CRAWL_SIDE_FOLDERS = ("/robotstxt/", "/crawldiagnostics/")
+KINDS = {"warc": WARC_SUFFIXES, "json": JSON_SUFFIXES, "parquet": PARQUET_SUFFIXES}
+LISTING_SUFFIXES = ("warc.paths", "warc.paths.gz")
+
+
+def _kind(path: str) -> str | None:
+    if any(side in path for side in CRAWL_SIDE_FOLDERS):
+        return None
+    return next((k for k, suffixes in KINDS.items() if path.endswith(suffixes)), None)
+
+
+def _from_listing(storage: Storage, listing_base: str) -> InputFiles:
+    """A Common Crawl `warc.paths(.gz)` file: one WARC path per line, relative to `listing_base`."""
+    data = storage.read_bytes("")
+    text = (gzip.decompress(data) if storage.path().endswith(".gz") else data).decode()
+    base = Storage(storage.cfg.model_copy(update={"uri": listing_base}))
+    paths = [base.path(line.strip()) for line in text.splitlines() if line.strip().endswith(WARC_SUFFIXES)]
+    digest = hashlib.sha256(data).hexdigest()
+    return InputFiles(base, {"warc": paths, "json": [], "parquet": []}, [(storage.uri(), len(data), digest)])
+
+
+def find_inputs(paths: list[str], storage_cfg: StorageConfig | None = None,
+                listing_base: str = "s3://commoncrawl/") -> list[InputFiles]:
+    """Files or folders (local, mounted, s3://, ...) -> the WARC, JSONL and parquet files under them.
+
+    A Common Crawl listing (warc.paths or warc.paths.gz) names the WARC files to read, so WAT, WET and
+    robots.txt files are never listed; a folder or prefix is searched recursively for the three kinds.
+    """
+    found = []
     for raw in paths:
-        if "://" in raw:  # object storage: let Ray Data list it
-            kind = next((k for k, s in kinds.items() if raw.rstrip("/").endswith(s)), "warc")
-            found[kind].append(raw)
-            continue
-        path = Path(raw)
-        if not path.exists():
+        storage = Storage((storage_cfg or StorageConfig()).model_copy(update={"uri": raw}))
+        info = storage.info("")
+        if info.type.name == "NotFound":
             raise InputError(f"input path not found: {raw}")
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            kind = next((k for k, s in kinds.items() if file.name.endswith(s)), None)
+        if raw.endswith(LISTING_SUFFIXES):
+            found.append(_from_listing(storage, listing_base))
+            continue
+        infos = [info] if info.type.name == "File" else sorted(storage.list("", recursive=True), key=lambda i: i.path)
+        files: dict[str, list[str]] = {kind: [] for kind in KINDS}
+        listing = []
+        for item in infos:
+            kind = _kind(item.path) if item.type.name == "File" else None
             if kind:
-                found[kind].append(str(file))
-    if not any(found.values()):
+                files[kind].append(item.path)
+                listing.append((storage.uri() if item is info else item.path, item.size, str(item.mtime)))
+        found.append(InputFiles(storage, files, listing))
+    if not any(group.files[kind] for group in found for kind in KINDS):
         raise InputError(f"no WARC, JSONL or parquet files under: {', '.join(paths)}")
     return found
 
@@ -157,17 +202,19 @@ def find_inputs(paths: list[str]) -> dict[str, list[str]]:
 READ_CPUS = 0.25  # reading is a small share of the work next to extraction and filtering
 
 
-def read_documents(paths: list[str], rows_per_block: int = 256) -> ray.data.Dataset:
-    """One dataset of documents in the common schema from every input under `paths`."""
-    found = find_inputs(paths)
+def read_documents(inputs: list[InputFiles], rows_per_block: int = 256) -> ray.data.Dataset:
+    """One dataset of documents in the common schema from every input file."""
     parts = []
-    if found["warc"]:
-        parts.append(ray.data.read_datasource(WarcDatasource(found["warc"], rows_per_block=rows_per_block),
-                                              num_cpus=READ_CPUS))
-    if found["json"]:
-        parts.append(ray.data.read_json(found["json"], lines=True, num_cpus=READ_CPUS).map_batches(
-            _to_documents, batch_format="pyarrow", num_cpus=READ_CPUS))
-    if found["parquet"]:
-        parts.append(ray.data.read_parquet(found["parquet"], num_cpus=READ_CPUS).map_batches(
-            _to_documents, batch_format="pyarrow", num_cpus=READ_CPUS))
+    for group in inputs:
+        fs, files = group.storage.fs, group.files
+        if files["warc"]:
+            parts.append(ray.data.read_datasource(
+                WarcDatasource(files["warc"], rows_per_block=rows_per_block, filesystem=fs), num_cpus=READ_CPUS))
+        if files["json"]:
+            # Arrow's JSON reader reads newline-delimited JSON (Ray's lines=True reader refuses a filesystem)
+            parts.append(ray.data.read_json(files["json"], filesystem=fs, num_cpus=READ_CPUS)
+                         .map_batches(_to_documents, batch_format="pyarrow", num_cpus=READ_CPUS))
+        if files["parquet"]:
+            parts.append(ray.data.read_parquet(files["parquet"], filesystem=fs, num_cpus=READ_CPUS)
+                         .map_batches(_to_documents, batch_format="pyarrow", num_cpus=READ_CPUS))
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

@@ -1,9 +1,9 @@
 """stats.json and the funnel chart of a finished data step.
 
-Reads only small columns of DIR/kept and DIR/removed (pyarrow, streaming by batch),
-so it works on any corpus size the step itself handled:
+Reads only small columns of DIR/kept and DIR/removed (pyarrow, streaming by batch, from the
+run's storage), so it works on any corpus size the step itself handled:
 
-    python -m raylm.data.report DIR      # rewrites DIR/stats.json and DIR/funnel.png
+    python -m raylm.data.report DIR      # a local data step folder: rewrites stats.json and funnel.png
 """
 
 from __future__ import annotations
@@ -16,30 +16,31 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from raylm.config import StorageConfig
 from raylm.data.filters import TEXT_STEPS, URL_STEP
+from raylm.storage import Storage
 
 FUNNEL_STEPS = ["read", URL_STEP, "extract", *TEXT_STEPS, "exact_dedup", "minhash_dedup"]
 FIRST_CHAR_STEP = FUNNEL_STEPS.index("extract")  # characters exist once text is extracted
 
 
-def _scan(folder: Path, columns: list[str]):
-    if not folder.is_dir() or not any(folder.glob("*.parquet")):
-        return
-    yield from pads.dataset(str(folder), format="parquet").to_batches(columns=columns)
+def _scan(storage: Storage, rel: str, columns: list[str]):
+    files = [storage.path(f"{rel}/{name}") for name in storage.files(rel) if name.endswith(".parquet")]
+    if files:
+        yield from pads.dataset(files, format="parquet", filesystem=storage.fs).to_batches(columns=columns)
 
 
-def collect(out_dir: Path) -> dict:
-    out_dir = Path(out_dir)
+def collect(storage: Storage, rel: str) -> dict:
     removed_docs: Counter = Counter()
     removed_chars: Counter = Counter()
     reasons: Counter = Counter()
-    for batch in _scan(out_dir / "removed", ["step", "reason", "num_chars"]):
+    for batch in _scan(storage, f"{rel}/removed", ["step", "reason", "num_chars"]):
         for step, reason, chars in zip(*(batch.column(c).to_pylist() for c in ("step", "reason", "num_chars"))):
             removed_docs[step] += 1
             removed_chars[step] += chars or 0
             reasons[f"{step}/{reason}"] += 1
     kept_docs = kept_chars = 0
-    for batch in _scan(out_dir / "kept", ["text"]):
+    for batch in _scan(storage, f"{rel}/kept", ["text"]):
         kept_docs += len(batch)
         kept_chars += pc.sum(pc.utf8_length(batch.column("text"))).as_py() or 0
 
@@ -83,14 +84,16 @@ def plot_funnel(funnel: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out_dir: Path, timings: dict[str, float] | None = None) -> dict:
-    stats = collect(out_dir)
+def write_report(storage: Storage, rel: str, local: Path, timings: dict[str, float] | None = None) -> dict:
+    """stats.json and funnel.png of the data step at `rel` in storage, written into the local folder `local`."""
+    stats = collect(storage, rel)
     if timings:
         stats["seconds"] = {k: round(v, 2) for k, v in timings.items()}
-    (Path(out_dir) / "stats.json").write_text(json.dumps(stats, indent=2))
-    plot_funnel(stats["funnel"], Path(out_dir) / "funnel.png")
+    (Path(local) / "stats.json").write_text(json.dumps(stats, indent=2))
+    plot_funnel(stats["funnel"], Path(local) / "funnel.png")
     return stats
 
 
 if __name__ == "__main__":
-    print(json.dumps(write_report(Path(sys.argv[1])), indent=2))
+    folder = Path(sys.argv[1]).resolve()
+    print(json.dumps(write_report(Storage(StorageConfig(uri=str(folder.parent))), folder.name, folder), indent=2))

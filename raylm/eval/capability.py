@@ -1,6 +1,6 @@
 """The capability eval: one row of metrics per checkpoint (base, SFT, RL), on freshly generated tasks.
 
-    metrics = evaluate_checkpoint("runs/tiny/sft/hf", EvalConfig(), val_shards=[...])
+    metrics = evaluate_checkpoint(storage.child("tiny/sft/hf"), EvalConfig(), val_shards=[...])   # raylm/storage.py
 
 Held-out tasks come from raylm/tasks with the eval seed (SFT data uses another),
 `num_per_family` of each family. Every prompt is answered greedily through the
@@ -29,6 +29,7 @@ import torch
 from raylm.config import EvalConfig
 from raylm.model.engine import Engine
 from raylm.model.hf import load_pretrained
+from raylm.storage import Storage
 from raylm.tasks import families, generate_tasks, is_refusal
 from raylm.tasks.knowledge import search_documents
 from raylm.tokenizer.bpe import load
@@ -39,11 +40,14 @@ from raylm.tools.runner import complete
 KNOWN_TOOLS = ("search", "calculator")
 
 
-def val_bpb(model, folder: Path, val_shards: list[str], seq_len: int, batches: int = 8, batch_size: int = 16) -> float:
+def val_bpb(model, folder: Path, val_shards: list[Storage], seq_len: int, batches: int = 8,
+            batch_size: int = 16) -> float:
+    from raylm.tokenizer.shards import read_shard
     from raylm.train.loop import TokenStream, evaluate
     from raylm.train.pretrain import token_byte_lengths
 
-    stream = TokenStream([Path(p) for p in val_shards], min(seq_len, model.cfg.max_seq_len - 1), seed=0)
+    shards = [read_shard(shard.local("")) for shard in val_shards]
+    stream = TokenStream(shards, min(seq_len, model.cfg.max_seq_len - 1), seed=0)
     token_bytes = torch.tensor(token_byte_lengths(folder), dtype=torch.int64)
     return evaluate(model, stream, token_bytes, batches, batch_size, torch.device("cpu"), nullcontext())["val_bpb"]
 
@@ -54,9 +58,10 @@ def _well_formed(reply) -> bool:
     return reply.finished and IM_START not in text and text.count(CALL_START) == len(reply.tool_calls)
 
 
-def evaluate_checkpoint(folder: str | Path, cfg: EvalConfig, val_shards: list[str] | None = None,
+def evaluate_checkpoint(checkpoint: Storage, cfg: EvalConfig, val_shards: list[Storage] | None = None,
                         seq_len: int = 128) -> dict:
-    folder = Path(folder)
+    """`checkpoint`: the HF folder (a Storage rooted there); `val_shards`: the pretraining val shards, likewise."""
+    folder = checkpoint.local("")
     started = time.time()
     chat = ChatFormat(load(folder))
     model = load_pretrained(folder)
@@ -98,19 +103,19 @@ def evaluate_checkpoint(folder: str | Path, cfg: EvalConfig, val_shards: list[st
     examples = {}
     for t, r in zip(tasks, replies):
         examples.setdefault(t.family, {"prompt": t.messages[-1]["content"], "reply": r.text})
-    return {"checkpoint": str(folder), "metrics": metrics, "num_tasks": len(tasks), "seed": cfg.seed,
+    return {"checkpoint": checkpoint.uri(), "metrics": metrics, "num_tasks": len(tasks), "seed": cfg.seed,
             "seconds": time.time() - started, "examples": examples}
 
 
-def evaluate_many(checkpoints: list[str | Path], cfg: EvalConfig, val_shards: list[str] | None = None,
+def evaluate_many(checkpoints: list[Storage], cfg: EvalConfig, val_shards: list[Storage] | None = None,
                   seq_len: int = 128) -> list[dict]:
     """Each checkpoint in its own Ray task (one CPU each) when Ray is up, so a cluster evaluates them at once."""
     import ray
 
-    for folder in checkpoints:
-        if not (Path(folder) / "config.json").is_file():
-            raise FileNotFoundError(f"no HF checkpoint (config.json) in {folder}")
+    for checkpoint in checkpoints:
+        if not checkpoint.is_file("config.json"):
+            raise FileNotFoundError(f"no HF checkpoint (config.json) in {checkpoint.uri()}")
     if not ray.is_initialized():
         return [evaluate_checkpoint(c, cfg, val_shards, seq_len) for c in checkpoints]
     task = ray.remote(num_cpus=1)(evaluate_checkpoint)
-    return ray.get([task.remote(str(c), cfg, val_shards, seq_len) for c in checkpoints])
+    return ray.get([task.remote(c, cfg, val_shards, seq_len) for c in checkpoints])

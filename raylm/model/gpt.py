@@ -15,38 +15,12 @@ the training loop.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class GPTConfig:
-    vocab_size: int = 4096
-    dim: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    intermediate_size: int = 0  # 0: the Llama rule, ~8/3 * dim rounded up to a multiple of 64
-    max_seq_len: int = 512
-    rope_theta: float = 10_000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-
-    def __post_init__(self):
-        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
-            raise ValueError("dim must divide by n_heads, and n_heads by n_kv_heads")
-        if not self.intermediate_size:
-            self.intermediate_size = 64 * math.ceil(8 * self.dim / 3 / 64)
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from raylm.config import GPTConfig  # the model's shape; pydantic, so it travels to Ray workers typed
 
 
 class RMSNorm(nn.Module):
@@ -142,6 +116,8 @@ class Decoder(nn.Module):
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        if cfg.vocab_size < 1:
+            raise ValueError("GPTConfig.vocab_size is 0: set it (the pretrain step takes the tokenizer's)")
         self.cfg = cfg
         self.model = Decoder(cfg)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)

@@ -1,6 +1,6 @@
 """The rl step: GRPO on verifiable tasks, rollouts from vLLM-backed Ray actors, a learner actor.
 
-    raylm rl          # runs/<name>/sft/hf -> runs/<name>/rl/hf, history.json, reward.png
+    raylm rl          # <run>/sft/hf -> <run>/rl/hf, history.json, reward.png
 
 Each step: draw `prompts_per_step` fresh tasks from `rl.families` (raylm/tasks)
 -> the rollout pool samples `group_size` replies to each -> the reward function
@@ -8,8 +8,9 @@ Each step: draw `prompts_per_step` fresh tasks from `rl.families` (raylm/tasks)
 group-relative advantages -> one GRPO update on the learner -> the new weights are
 pushed into the rollout engines in memory. Every `eval_every` steps, held-out
 pass@1 (greedy, on tasks from another seed) per family. The learner's state is
-saved every `checkpoint_every` steps under runs/<name>/rl_state/ and a rerun of
-the same config continues from it.
+saved every `checkpoint_every` steps in the run's storage under
+rl_state/rl-<step digest>/ and a rerun of the same step continues from it; the
+digest covers the SFT model's whole history, so a new SFT model starts afresh.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from raylm.config import ConfigError, RlConfig
 from raylm.rl.grpo import group_advantages
 from raylm.rl.learner import Learner
 from raylm.rl.rollout import RolloutPool
+from raylm.runs import StepResult, Work
 from raylm.tasks import Task, families, generate_tasks
 from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import ChatFormat, answer_text
@@ -81,22 +83,22 @@ def plot_rewards(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run_rl(cfg: RlConfig, sft_dir: Path, out_dir: Path, state_file: Path) -> dict:
+def run_rl(cfg: RlConfig, sft: StepResult, work: Work, state_rel: str) -> dict:
+    """`state_rel`: the learner's state file in storage (keyed by this step's digest)."""
     import ray
 
-    sft_dir, out_dir = Path(sft_dir).resolve(), Path(out_dir)
-    chat = ChatFormat(load(sft_dir))
+    storage, policy = work.storage, f"{sft.rel}/hf"
+    chat = ChatFormat(load(storage.local(policy, only=("tokenizer.json",))))
     reward = load_reward(cfg.reward)
     unknown = sorted(set(cfg.families) - set(families()))
     if unknown:
         raise ConfigError(f"rl.families: unknown {unknown}; known: {', '.join(families())}")
     eval_tasks = generate_tasks({f: cfg.eval_per_family for f in cfg.families}, cfg.eval_seed)
-    settings = {**cfg.model_dump(), "pad_id": chat.tok.token_to_id("<|pad|>")}
     learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=cfg.learner_gpus).remote(
-        str(sft_dir), settings)
-    pool = RolloutPool(cfg.engine, sft_dir, cfg.num_rollout_workers, [chat.im_end], cfg.rollout_cpus,
+        storage, policy, cfg, chat.tok.token_to_id("<|pad|>"))
+    pool = RolloutPool(cfg.engine, storage, policy, cfg.num_rollout_workers, [chat.im_end], cfg.rollout_cpus,
                        cfg.rollout_gpus, cfg.kv_cache_gib, cfg.seed)
-    start, history = ray.get(learner.restore.remote(str(state_file)))
+    start, history = ray.get(learner.restore.remote(state_rel))
     if start:
         print(f"[rl] restored from step {start}", flush=True)
         pool.load_weights(ray.get(learner.weights.remote()))
@@ -142,17 +144,17 @@ def run_rl(cfg: RlConfig, sft_dir: Path, out_dir: Path, state_file: Path) -> dic
         history.append(metrics)
         print(f"[rl] step {done}/{cfg.steps} " + _fmt(metrics), flush=True)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            ray.get(learner.save.remote(str(state_file), history))
+            ray.get(learner.save.remote(state_rel, history))
     pool.shutdown()
-    ray.get(learner.export.remote(str(out_dir / "hf"), str(sft_dir)))
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-    plot_rewards(history, out_dir / "reward.png")
+    ray.get(learner.export.remote(f"{work.rel}/hf", policy))
+    (work.local / "history.json").write_text(json.dumps(history, indent=1))
+    plot_rewards(history, work.local / "reward.png")
     first, last = history[0], history[-1]
     gains = {k: last[k] - first[k] for k in last if k.startswith("pass@1/") and k in first}
     print("[rl] held-out pass@1 change: " + ", ".join(f"{k[7:]} {100 * v:+.0f} pts" for k, v in gains.items()),
           flush=True)
     return {"steps": cfg.steps, "restored_from": start or None, "engine": pool.engine, "final": last,
-            "start": first, "pass_at_1_gain": gains, "checkpoint": str(out_dir / "hf")}
+            "start": first, "pass_at_1_gain": gains}
 
 
 def _fmt(m: dict) -> str:

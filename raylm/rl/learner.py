@@ -1,24 +1,30 @@
 """The learner: a Ray actor that holds the policy (and a frozen reference) and applies GRPO updates.
 
-    learner = ray.remote(Learner).options(num_cpus=1).remote("runs/tiny/sft/hf", settings)
+    learner = ray.remote(Learner).options(num_cpus=1).remote(storage, "tiny/sft/hf", RlConfig(), pad_id)
     metrics = ray.get(learner.update.remote(batch))     # batch: [{"prompt", "response", "advantage"}]
     blob = ray.get(learner.weights.remote())            # safetensors bytes for the rollout engines
 
 One actor is the learner group here (2 CPU cores); the update is a plain
 function of the batch, so a data-parallel group of these behind DDP is the next
 step on a GPU cluster. State (model, optimizer, step, history) is saved to and
-restored from one file, written atomically, so `raylm rl` resumes after a crash.
+restored from one file in the run's storage, written atomically, so `raylm rl`
+resumes after a crash, on whichever node the learner lands next time; the HF
+export goes to storage too.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import os
+import tempfile
 from pathlib import Path
 
 import torch
 
+from raylm.config import RlConfig
 from raylm.rl.grpo import policy_loss
+from raylm.storage import Storage
 
 
 def token_logprobs(model, sequences: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -43,38 +49,37 @@ def collate(batch: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 class Learner:
-    def __init__(self, checkpoint: str, settings: dict):
+    def __init__(self, storage: Storage, checkpoint: str, cfg: RlConfig, pad_id: int):
         from raylm.model.hf import load_pretrained
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        torch.manual_seed(settings.get("seed", 0))
-        self.settings = settings
-        self.model = load_pretrained(Path(checkpoint)).train()
+        torch.manual_seed(cfg.seed)
+        self.storage, self.cfg, self.pad_id = storage, cfg, pad_id
+        self.model = load_pretrained(storage.local(checkpoint)).train()
         self.reference = None
-        if settings["kl_coef"] > 0:
+        if cfg.kl_coef > 0:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings["lr"], betas=(0.9, 0.95),
-                                           weight_decay=settings["weight_decay"])
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                                           weight_decay=cfg.weight_decay)
         self.step, self.history = 0, []
 
-    def restore(self, path: str) -> tuple[int, list[dict]]:
+    def restore(self, rel: str) -> tuple[int, list[dict]]:
         """Load a saved state if there is one; returns (the step to continue from, the metrics so far)."""
-        if not Path(path).is_file():
+        if not self.storage.is_file(rel):
             return 0, []
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(io.BytesIO(self.storage.read_bytes(rel)), map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.history = state["step"], state["history"]
         return self.step, self.history
 
-    def save(self, path: str, history: list[dict]) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, rel: str, history: list[dict]) -> None:
+        """Atomic (one file write in storage): a crash mid-save leaves the previous state."""
         self.history = history
-        tmp = path.with_suffix(".tmp")
+        buffer = io.BytesIO()
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                    "history": history}, tmp)
-        tmp.replace(path)  # atomic: a crash mid-write leaves the previous state
+                    "history": history}, buffer)
+        self.storage.write_bytes(rel, buffer.getvalue())
 
     def weights(self) -> bytes:
         from raylm.rl.weight_sync import pack
@@ -83,41 +88,46 @@ class Learner:
 
     def update(self, batch: list[dict]) -> dict:
         """GRPO on one batch of samples: `updates_per_batch` passes, micro-batched, one optimizer step each."""
-        s = self.settings
+        s = self.cfg
         batch = [item for item in batch if item["advantage"] != 0 and item["response"]]  # nothing to learn otherwise
         self.step += 1
         if not batch:
             return {"loss": 0.0, "trained_samples": 0}
-        micro = s["micro_batch"]
-        chunks = [collate(batch[i:i + micro], s["pad_id"]) for i in range(0, len(batch), micro)]
+        micro = s.micro_batch
+        chunks = [collate(batch[i:i + micro], self.pad_id) for i in range(0, len(batch), micro)]
         num_tokens = float(sum(mask.sum() for _, mask, _ in chunks))
-        reuse = s["updates_per_batch"] > 1
+        reuse = s.updates_per_batch > 1
         with torch.no_grad():  # the sampling policy's log-probs (recomputed here: exactly the learner's numerics)
             # used once, a batch's sampling policy is the live one: its log-probs are the forward pass's own
-            old = [token_logprobs(self.model, seqs, s["temperature"]) for seqs, _, _ in chunks] \
+            old = [token_logprobs(self.model, seqs, s.temperature) for seqs, _, _ in chunks] \
                 if reuse else [None] * len(chunks)
-            ref = [token_logprobs(self.reference, seqs, s["temperature"]) for seqs, _, _ in chunks] \
+            ref = [token_logprobs(self.reference, seqs, s.temperature) for seqs, _, _ in chunks] \
                 if self.reference is not None else [None] * len(chunks)
         stats = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0}
-        for _ in range(s["updates_per_batch"]):
+        for _ in range(s.updates_per_batch):
             for (seqs, mask, adv), old_lp, ref_lp in zip(chunks, old, ref):
-                logprobs = token_logprobs(self.model, seqs, s["temperature"])
+                logprobs = token_logprobs(self.model, seqs, s.temperature)
                 old_lp = logprobs.detach() if old_lp is None else old_lp
-                loss, part = policy_loss(logprobs, old_lp, adv, mask, s["clip_eps"], ref_lp, s["kl_coef"],
+                loss, part = policy_loss(logprobs, old_lp, adv, mask, s.clip_eps, ref_lp, s.kl_coef,
                                          num_tokens=num_tokens)
                 loss.backward()
-                share = float(mask.sum()) / num_tokens / s["updates_per_batch"]
-                stats["loss"] += float(loss.detach()) / s["updates_per_batch"]
+                share = float(mask.sum()) / num_tokens / s.updates_per_batch
+                stats["loss"] += float(loss.detach()) / s.updates_per_batch
                 stats["clip_fraction"] += part["clip_fraction"] * share
                 stats["kl"] += part.get("kl", 0.0) * share
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                                      s["grad_clip"] or float("inf")))
+                                                                      s.grad_clip or float("inf")))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         stats["trained_samples"] = len(batch)
         return stats
 
-    def export(self, folder: str, tokenizer_dir: str) -> str:
-        from raylm.model.hf import save_pretrained
+    def export(self, rel: str, tokenizer: str) -> str:
+        """The policy as an HF chat checkpoint at `rel` in storage, tokenizer files from the folder `tokenizer`."""
+        from raylm.model.hf import TOKENIZER_FILES, save_pretrained
 
-        return str(save_pretrained(self.model, Path(folder), tokenizer_dir=Path(tokenizer_dir), chat=True))
+        with tempfile.TemporaryDirectory() as tmp:
+            save_pretrained(self.model, Path(tmp), tokenizer_dir=self.storage.local(tokenizer, only=TOKENIZER_FILES),
+                            chat=True)
+            self.storage.upload(Path(tmp), rel)
+        return self.storage.uri(rel)

@@ -1,6 +1,6 @@
 """Rollout engines behind one interface, run as a pool of Ray actors.
 
-    pool = RolloutPool("vllm", "runs/tiny/sft/hf", num_workers=1, stop_ids=[im_end])
+    pool = RolloutPool("vllm", storage, "tiny/sft/hf", num_workers=1, stop_ids=[im_end])
     groups = pool.generate(prompt_ids, n=8, temperature=1.0, max_new_tokens=64, seed=0)
     groups[i][j].ids, groups[i][j].logprobs          # sample j of prompt i
     seconds = pool.load_weights(pack(model))          # new policy, no checkpoint on disk
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from raylm.storage import Storage
 
 @dataclass
 class Sample:
@@ -110,11 +111,12 @@ ENGINES = {"torch": TorchEngine, "vllm": VllmEngine}
 
 
 class RolloutWorker:
-    """What each Ray actor holds: one engine. `load_weights` returns how long the reload took."""
+    """What each Ray actor holds: one engine, loaded from a node-local copy of the checkpoint in storage.
+    `load_weights` returns how long the reload took."""
 
-    def __init__(self, engine: str, checkpoint: str, stop_ids: list[int], **options):
+    def __init__(self, engine: str, storage: Storage, checkpoint: str, stop_ids: list[int], **options):
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        self.engine = ENGINES[engine](checkpoint, stop_ids, **options)
+        self.engine = ENGINES[engine](str(storage.local(checkpoint)), stop_ids, **options)
 
     def generate(self, *args, **kwargs) -> list[list[Sample]]:
         return self.engine.generate(*args, **kwargs)
@@ -136,7 +138,7 @@ def vllm_available() -> bool:
 class RolloutPool:
     """`num_workers` RolloutWorker actors; prompts are dealt out in contiguous slices."""
 
-    def __init__(self, engine: str, checkpoint: str | Path, num_workers: int, stop_ids: list[int],
+    def __init__(self, engine: str, storage: Storage, checkpoint: str, num_workers: int, stop_ids: list[int],
                  cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, kv_cache_gib: int = 1, seed: int = 0):
         import ray
 
@@ -148,7 +150,7 @@ class RolloutPool:
                "TOKENIZERS_PARALLELISM": "false"}
         actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                   runtime_env={"env_vars": env})
-        self.workers = [actor.remote(engine, str(Path(checkpoint).resolve()), list(stop_ids),
+        self.workers = [actor.remote(engine, storage, checkpoint, list(stop_ids),
                                      kv_cache_gib=kv_cache_gib, seed=seed + i) for i in range(num_workers)]
 
     def generate(self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,

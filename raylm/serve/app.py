@@ -27,10 +27,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 
-from raylm.config import ServeConfig
+from raylm.config import ServeConfig, StorageConfig
 from raylm.serve.assistant import Assistant, Turn
 from raylm.serve.protocol import (APIError, ChatRequest, CompletionRequest, chat_chunk, chat_response,
                                   completion_response, new_id, parse, sse, usage, usage_chunk)
+from raylm.storage import Storage
 
 log = logging.getLogger("ray.serve")
 PAGE = Path(__file__).parent / "static" / "chat.html"
@@ -69,9 +70,13 @@ def _stream(chunks: AsyncIterator[str]) -> StreamingResponse:
 @serve.deployment(name="ChatServer")
 @serve.ingress(app)
 class ChatServer:
-    def __init__(self, checkpoint: str, settings: dict, search_db: str | None = None):
+    def __init__(self, checkpoint: str, settings: dict, search_db: str | None = None, storage: dict | None = None):
+        """`checkpoint` and `search_db` are URIs in the run's storage (`storage`: its options); the replica
+        reads them through node-local copies, so it may start on any node."""
         self.settings = ServeConfig.model_validate(settings)
-        self.assistant = Assistant(checkpoint, self.settings, search_db)
+        options = StorageConfig.model_validate(storage or {})
+        local = lambda uri: Storage(options.model_copy(update={"uri": uri})).local("")  # noqa: E731
+        self.assistant = Assistant(local(checkpoint), self.settings, local(search_db) if search_db else None)
         self.api_key = os.environ.get(self.settings.api_key_env) or None
         config = {"model": self.settings.model_name, "system": self.assistant.system,
                   "tools": sorted(self.assistant.tools), "needs_key": self.api_key is not None,

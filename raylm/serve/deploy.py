@@ -1,12 +1,14 @@
 """Deploy the server on Ray Serve, and write the same deployment as a Serve config file.
 
     raylm serve --checkpoint runs/tiny/rl/hf --port 8000      # local Ray: serves until Ctrl-C
-    serve deploy runs/tiny/serve/serve_config.yaml            # the same app on a cluster
+    serve deploy serve_config.yaml                            # the same app on a cluster (written to storage)
 
 `build(args)` is the application builder both use (`import_path` in the config
 file); `deploy` runs it here with the replica options from `ServeConfig`
-(autoscaling, per-replica concurrency bound, CPUs/GPUs). The API key never goes
-into the file: replicas read it from the env var the config names.
+(autoscaling, per-replica concurrency bound, CPUs/GPUs). The checkpoint and the
+search index are named by their URIs in the run's storage (with its S3 options),
+so a replica on any node finds them. The API key never goes into the file:
+replicas read it from the env var the config names.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from raylm.config import ServeConfig
+from raylm.config import ServeConfig, StorageConfig
+from raylm.storage import Storage
 
 APP_NAME = "raylm"
 
@@ -30,33 +33,38 @@ def deployment_options(settings: ServeConfig) -> dict:
         "autoscaling_config": {"min_replicas": scaling.min_replicas, "max_replicas": scaling.max_replicas,
                                "initial_replicas": max(scaling.min_replicas, 1),
                                "target_ongoing_requests": scaling.target_ongoing_requests},
-        "ray_actor_options": {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
+        "ray_actor_options": {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus,
+                              "resources": dict(settings.replica_resources)},
         "health_check_period_s": 10,
         "graceful_shutdown_timeout_s": 5,
     }
 
 
 def build(args: dict, env: dict | None = None):
-    """Serve application builder: args = {checkpoint, settings (ServeConfig as a dict), search_db}."""
+    """Serve application builder: args = {checkpoint, settings (ServeConfig as a dict), search_db, storage}."""
     from raylm.serve.app import ChatServer
 
     settings = ServeConfig.model_validate(args.get("settings", {}))
     options = deployment_options(settings)
     if env:
         options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
-    return ChatServer.options(**options).bind(str(args["checkpoint"]), settings.model_dump(), args.get("search_db"))
+    return ChatServer.options(**options).bind(str(args["checkpoint"]), settings.model_dump(), args.get("search_db"),
+                                              args.get("storage"))
 
 
-def app_args(settings: ServeConfig, checkpoint: Path, search_db: Path | None) -> dict:
-    return {"checkpoint": str(Path(checkpoint).resolve()), "settings": settings.model_dump(),
-            "search_db": str(Path(search_db).resolve()) if search_db else None}
+def app_args(settings: ServeConfig, checkpoint: Storage, search_db: Storage | None) -> dict:
+    """The builder's arguments: URIs, plus the storage options (endpoint, region) without the URI."""
+    storage = checkpoint.cfg.model_dump(exclude={"uri", "cache_dir"}, exclude_none=True)
+    return {"checkpoint": checkpoint.uri(), "settings": settings.model_dump(),
+            "search_db": search_db.uri() if search_db else None, "storage": storage}
 
 
-def write_serve_config(settings: ServeConfig, checkpoint: Path, search_db: Path | None, path: Path) -> Path:
-    """A config for `serve deploy` / KubeRay's RayService: paths must exist on the cluster's nodes."""
+def write_serve_config(settings: ServeConfig, checkpoint: Storage, search_db: Storage | None, out: Storage,
+                       rel: str) -> str:
+    """A config for `serve deploy` / KubeRay's RayService, written to `rel` in storage; returns its URI."""
     options = deployment_options(settings)
     document = {
-        "proxy_location": "EveryNode",
+        "proxy_location": settings.proxy_location,
         "http_options": {"host": settings.host, "port": settings.port},
         "applications": [{
             "name": APP_NAME, "route_prefix": "/", "import_path": "raylm.serve.deploy:build",
@@ -66,16 +74,15 @@ def write_serve_config(settings: ServeConfig, checkpoint: Path, search_db: Path 
             "deployments": [{"name": "ChatServer", **options}],
         }],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"# raylm serve config, written {time.strftime('%Y-%m-%d %H:%M')}: `serve deploy {path.name}`.\n"
+    header = (f"# raylm serve config, written {time.strftime('%Y-%m-%d %H:%M')}: `serve deploy serve_config.yaml`.\n"
               f"# Replicas read the API key from ${settings.api_key_env}; set it in the cluster's env.\n"
               f"# Serve's throughput mode and HAProxy ingress need RAY_SERVE_THROUGHPUT_OPTIMIZED=1 and\n"
-              f"# RAY_SERVE_ENABLE_HA_PROXY=1 in every node's env (raylm.cli.local_ray_env sets them for a local Ray).\n")
-    path.write_text(header + yaml.safe_dump(document, sort_keys=False))
-    return path
+              f"# RAY_SERVE_ENABLE_HA_PROXY=1 in every node's env (raylm.ray_setup.local_ray_env sets them for a local Ray).\n")
+    out.write_text(rel, header + yaml.safe_dump(document, sort_keys=False))
+    return out.uri(rel)
 
 
-def deploy(settings: ServeConfig, checkpoint: Path, search_db: Path | None, port: int | None = None) -> str:
+def deploy(settings: ServeConfig, checkpoint: Storage, search_db: Storage | None, port: int | None = None) -> str:
     """Start Serve's proxy and deploy the app (Ray must be initialised); returns the base URL once it is ready."""
     from ray import serve
 
@@ -84,7 +91,7 @@ def deploy(settings: ServeConfig, checkpoint: Path, search_db: Path | None, port
            "VLLM_LOGGING_LEVEL": "WARNING"}
     if os.environ.get(settings.api_key_env):  # a local run: hand the key to replicas that may not inherit it
         env[settings.api_key_env] = os.environ[settings.api_key_env]
-    serve.start(http_options={"host": settings.host, "port": port})
+    serve.start(http_options={"host": settings.host, "port": port}, proxy_location=settings.proxy_location)
     application = build(app_args(settings, checkpoint, search_db), env)
     start = time.perf_counter()
     print(f"[serve] deploying {checkpoint} ({settings.engine} engine) ...", flush=True)

@@ -81,8 +81,10 @@ def save(tok: Tokenizer, folder: Path) -> None:
         {"bos_token": EOS, "eos_token": EOS, "pad_token": "<|pad|>"}, indent=2))
 
 
-def load(folder: Path) -> Tokenizer:
-    tok = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+def load(path: Path) -> Tokenizer:
+    """From a folder holding tokenizer.json, or from the file itself."""
+    path = Path(path)
+    tok = Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
     tok.encode_special_tokens = True
     return tok
 

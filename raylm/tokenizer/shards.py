@@ -1,20 +1,27 @@
-"""Token shards: the cleaned corpus tokenized on Ray Data into fixed-size binary shards.
+"""Token shards: the cleaned corpus tokenized and written into binary shards by Ray Data tasks.
 
-Tokenization runs as Ray Data tasks fused with the parquet read; the driver packs
-the token stream into shards (bounded memory: one shard at a time).
+Each task takes a batch of whole documents (about `shard_tokens` tokens' worth),
+tokenizes it and writes its own train and val shard straight into the run's
+storage; the driver only receives each shard's name, token count and token-id
+counts (a vocabulary-sized vector, for the unigram baseline), so nothing on the
+driver grows with the corpus. Shards are named by a hash of their documents' ids
+and listed in name order, so the same corpus gives the same shards and the same
+training order on any cluster.
+
 A shard is a 1 KiB header (256 little-endian int32: magic, version, token count,
 bytes per token) followed by the tokens (uint16 when the vocabulary fits, else
 uint32), so that training reads it with np.memmap and no parsing. Every document
 starts with <|endoftext|>, which marks document boundaries. Documents go to the
 train or val split by a hash of their id, so a split never holds half a document.
 
-    write_token_shards("runs/tiny/data/kept", "runs/tiny/tokenizer", "runs/tiny/tokenizer/shards")
-    tokens = read_shard("runs/tiny/tokenizer/shards/train_00000.bin")   # np.memmap
+    shards = write_token_shards(storage, "tiny/data/kept", tokenizer_rel, work, shard_tokens, val_fraction, ...)
+    tokens = read_shard(storage.local("tiny/tokenizer/shards/train_0123abcd.bin"))   # np.memmap
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import zlib
 from pathlib import Path
 
@@ -22,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import ray.data
 
+from raylm.storage import Storage
 from raylm.tokenizer.bpe import EOS, fast_encoder, load
 
 MAGIC, VERSION, HEADER_INTS = 20261126, 1, 256
@@ -31,18 +39,20 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def write_shard(path: Path, tokens: np.ndarray) -> None:
+def shard_bytes(tokens: np.ndarray) -> bytes:
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:4] = [MAGIC, VERSION, len(tokens), tokens.dtype.itemsize]
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes())
+    return header.tobytes() + tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def write_shard(path: Path, tokens: np.ndarray) -> None:
+    Path(path).write_bytes(shard_bytes(tokens))
 
 
 def read_shard(path: Path) -> np.ndarray:
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-    if header[0] != MAGIC or header[1] != VERSION:
-        raise ValueError(f"{path} is not a raylm token shard (magic {header[0]}, version {header[1]})")
+    if len(header) < 4 or header[0] != MAGIC or header[1] != VERSION:
+        raise ValueError(f"{path} is not a raylm token shard")
     dtype = np.dtype("<u2") if header[3] == 2 else np.dtype("<u4")
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(int(header[2]),))
 
@@ -52,73 +62,66 @@ def is_val(doc_id: str, val_fraction: float) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_encoder(tokenizer_dir: str):
+def _cached_encoder(storage: Storage, tokenizer_rel: str):
     # Building it takes milliseconds, so plain tasks (fused with the parquet read) beat an
     # actor pool; the cache makes it once per Ray worker process.
-    tok = load(Path(tokenizer_dir))
-    return fast_encoder(tok), tok.token_to_id(EOS)
+    tok = load(storage.local(tokenizer_rel))
+    return fast_encoder(tok), tok.token_to_id(EOS), tok.get_vocab_size()
 
 
-def tokenize_batch(batch: pa.Table, tokenizer_dir: str, val_fraction: float) -> pa.Table:
-    """(id, text) batch -> (split, tokens, num_bytes) with <|endoftext|> before each document."""
-    encoder, eos = _cached_encoder(tokenizer_dir)
-    texts = batch.column("text").to_pylist()
-    ids = encoder.encode_ordinary_batch(texts, num_threads=1)  # Ray tasks are the parallelism
-    return pa.table({
-        "split": ["val" if is_val(i, val_fraction) else "train" for i in batch.column("id").to_pylist()],
-        "tokens": pa.array([[eos, *x] for x in ids], pa.list_(pa.int32())),
-        "num_bytes": [len(t.encode("utf-8")) for t in texts],
-    })
+METADATA = pa.schema([("split", pa.string()), ("name", pa.string()), ("documents", pa.int64()),
+                      ("tokens", pa.int64()), ("bytes", pa.int64()), ("counts", pa.list_(pa.int64()))])
 
 
-class ShardWriter:
-    """Packs a token stream into shards of exactly `shard_tokens` tokens (the last one may be shorter)."""
-
-    def __init__(self, folder: Path, split: str, shard_tokens: int, dtype: np.dtype):
-        self.folder, self.split, self.shard_tokens, self.dtype = Path(folder), split, shard_tokens, dtype
-        self.buffer: list[np.ndarray] = []
-        self.buffered = 0
-        self.paths: list[Path] = []
-        self.num_tokens = 0
-        self.num_bytes = 0
-
-    def add(self, tokens: np.ndarray, num_bytes: int) -> None:
-        self.buffer.append(tokens.astype(self.dtype))
-        self.buffered += len(tokens)
-        self.num_tokens += len(tokens)
-        self.num_bytes += num_bytes
-        while self.buffered >= self.shard_tokens:
-            stream = np.concatenate(self.buffer)
-            self._flush(stream[: self.shard_tokens])
-            rest = stream[self.shard_tokens:]
-            self.buffer, self.buffered = ([rest] if len(rest) else []), len(rest)
-
-    def close(self) -> None:
-        if self.buffered:
-            self._flush(np.concatenate(self.buffer))
-        self.buffer, self.buffered = [], 0
-
-    def _flush(self, tokens: np.ndarray) -> None:
-        path = self.folder / f"{self.split}_{len(self.paths):05d}.bin"
-        write_shard(path, tokens)
-        self.paths.append(path)
+def write_shards(batch: pa.Table, storage: Storage, tokenizer_rel: str, shards_rel: str,
+                 val_fraction: float) -> pa.Table:
+    """One batch of documents -> its train and val shards in storage -> one metadata row per shard."""
+    encoder, eos, vocab = _cached_encoder(storage, tokenizer_rel)
+    ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
+    encoded = encoder.encode_ordinary_batch(texts, num_threads=1)  # Ray tasks are the parallelism
+    rows = []
+    for split in ("train", "val"):
+        docs = [i for i, doc_id in enumerate(ids) if is_val(doc_id, val_fraction) == (split == "val")]
+        if not docs:
+            continue
+        tokens = np.fromiter((t for i in docs for t in (eos, *encoded[i])), dtype=np.int64)
+        name = f"{split}_{hashlib.sha1(' '.join(ids[i] for i in docs).encode()).hexdigest()[:16]}.bin"
+        storage.write_bytes(f"{shards_rel}/{name}", shard_bytes(tokens.astype(token_dtype(vocab))))
+        rows.append({"split": split, "name": name, "documents": len(docs), "tokens": len(tokens),
+                     "bytes": sum(len(texts[i].encode("utf-8")) for i in docs),
+                     "counts": np.bincount(tokens, minlength=vocab).tolist()})
+    return pa.Table.from_pylist(rows, schema=METADATA)
 
 
-def write_token_shards(kept_dir: Path, tokenizer_dir: Path, out_dir: Path, shard_tokens: int = 1_000_000,
-                       val_fraction: float = 0.05, batch_size: int = 64) -> dict:
-    """Tokenize DIR/kept with Ray Data tasks; the driver packs the token stream into shards."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dtype = token_dtype(load(Path(tokenizer_dir)).get_vocab_size())
-    writers = {split: ShardWriter(out_dir, split, shard_tokens, dtype) for split in ("train", "val")}
-    tokenized = ray.data.read_parquet(str(kept_dir), columns=["id", "text"]).map_batches(
-        tokenize_batch, fn_args=(str(tokenizer_dir), val_fraction), batch_format="pyarrow", batch_size=batch_size)
-    num_docs = {"train": 0, "val": 0}
-    for batch in tokenized.iter_batches(batch_format="pyarrow", batch_size=256):
-        for split, tokens, num_bytes in zip(*(batch.column(c).to_pylist() for c in ("split", "tokens", "num_bytes"))):
-            writers[split].add(np.asarray(tokens), num_bytes)
-            num_docs[split] += 1
-    for writer in writers.values():
-        writer.close()
-    return {split: {"documents": num_docs[split], "tokens": w.num_tokens, "bytes": w.num_bytes,
-                    "shards": [p.name for p in w.paths]} for split, w in writers.items()}
+def write_token_shards(storage: Storage, kept_rel: str, tokenizer_rel: str, shards_rel: str,
+                       docs_per_shard: int, val_fraction: float) -> tuple[dict, dict[str, np.ndarray]]:
+    """Tokenize the kept documents into shards under `shards_rel`; returns (the manifest's shard listing,
+    token-id counts per split). `docs_per_shard` documents go into each task's pair of shards."""
+    files = [storage.path(f"{kept_rel}/{n}") for n in sorted(storage.files(kept_rel)) if n.endswith(".parquet")]
+    ctx = ray.data.DataContext.get_current()
+    preserve, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True  # same batches
+    try:
+        metadata = ray.data.read_parquet(files, filesystem=storage.fs).select_columns(["id", "text"]).map_batches(
+            write_shards, fn_args=(storage, tokenizer_rel, shards_rel, val_fraction),
+            batch_format="pyarrow", batch_size=docs_per_shard)
+        listing = {s: {"documents": 0, "tokens": 0, "bytes": 0, "shards": []} for s in ("train", "val")}
+        counts: dict[str, np.ndarray] = {}
+        for batch in metadata.iter_batches(batch_format="pyarrow", batch_size=64):
+            for row in batch.drop_columns(["counts"]).to_pylist():
+                entry = listing[row["split"]]
+                entry["shards"].append(row["name"])
+                for key in ("documents", "tokens", "bytes"):
+                    entry[key] += row[key]
+            for split, row_counts in zip(batch.column("split").to_pylist(), batch.column("counts").to_pylist()):
+                counts[split] = counts.get(split, 0) + np.asarray(row_counts, dtype=np.int64)
+    finally:
+        ctx.execution_options.preserve_order = preserve
+    for entry in listing.values():
+        entry["shards"].sort()
+    return listing, counts
+
+
+def load_shards(storage: Storage, shards_rel: str, names: list[str]) -> list[np.ndarray]:
+    """The shards as node-local memmaps (downloaded once per node when storage is remote)."""
+    return [read_shard(storage.local(f"{shards_rel}/{name}")) for name in names]
+

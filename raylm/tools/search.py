@@ -1,7 +1,7 @@
 """The search tool: a SQLite FTS5 full-text index over the cleaned corpus (BM25 ranking).
 
-    build_index(Path("runs/tiny/data/kept"), Path("runs/tiny/search.db"))
-    SearchIndex("runs/tiny/search.db").search("package manager", k=3)   # -> text for the model
+    build_index(storage, "tiny/data/kept", Path("search.db"))           # the `search` step of a run
+    SearchIndex("runs/tiny/search/search.db").search("package manager", k=3)   # -> text for the model
 
 SQLite ships with Python and FTS5 is a real search engine (tokenizer, inverted
 index, bm25), so the assistant's search needs no service. Documents are split
@@ -23,34 +23,35 @@ def _passages(text: str) -> list[str]:
     return [" ".join(words[i:i + PASSAGE_WORDS]) for i in range(0, len(words), PASSAGE_WORDS)]
 
 
-def build_index(kept_dir: Path, db_path: Path) -> dict:
-    """Index every passage of the kept parquet files; returns counts. Rebuilds from scratch."""
-    import pyarrow.parquet as pq
+def build_index(storage, kept_rel: str, db_path: Path) -> dict:
+    """Index every passage of the kept parquet files (read from the run's storage) into a new local
+    SQLite file; returns counts. The search step uploads it, and the step's swap puts it in place."""
+    import pyarrow.dataset as pads
 
     db_path = Path(db_path)
     db_path.unlink(missing_ok=True)
-    files = sorted(Path(kept_dir).glob("*.parquet"))
+    files = [storage.path(f"{kept_rel}/{n}") for n in sorted(storage.files(kept_rel)) if n.endswith(".parquet")]
     if not files:
-        raise FileNotFoundError(f"no parquet files in {kept_dir}")
+        raise FileNotFoundError(f"no parquet files in {storage.uri(kept_rel)}")
     with sqlite3.connect(db_path) as db:
         db.execute("CREATE VIRTUAL TABLE passages USING fts5(url UNINDEXED, text, tokenize='porter unicode61')")
         documents = passages = 0
-        for file in files:
-            table = pq.read_table(file, columns=["url", "text"])
-            for url, text in zip(table["url"].to_pylist(), table["text"].to_pylist()):
+        for batch in pads.dataset(files, format="parquet", filesystem=storage.fs).to_batches(columns=["url", "text"]):
+            for url, text in zip(batch.column("url").to_pylist(), batch.column("text").to_pylist()):
                 rows = [(url, p) for p in _passages(text or "")]
                 db.executemany("INSERT INTO passages (url, text) VALUES (?, ?)", rows)
                 documents += 1
                 passages += len(rows)
-    return {"documents": documents, "passages": passages, "path": str(db_path)}
+    return {"documents": documents, "passages": passages}
 
 
 class SearchIndex:
     def __init__(self, db_path: str | Path):
         if not Path(db_path).is_file():
             raise FileNotFoundError(f"no search index at {db_path} (built by `raylm serve` from the data step)")
-        # read-only and shareable between threads: a Serve replica answers requests concurrently
-        self.db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
+        # read-only and shareable between threads: a Serve replica answers requests concurrently; as_uri()
+        # percent-encodes the path, so a folder named with '#', '?' or '%' opens too
+        self.db = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
 
     def search(self, query: str, k: int = 2, max_chars: int = 400) -> str:
         terms = re.findall(r"\w+", query.lower())[:12]

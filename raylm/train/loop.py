@@ -12,8 +12,11 @@ packed conversation rows with a loss mask (PackedRows: only assistant tokens are
 targets) and starts from a checkpoint (`init_checkpoint`). Both give batches of
 (tokens, mask), so the loop itself does not know which step it is running.
 
-The same function runs in one plain process (`run_without_ray`) for tests and
-for benchmarks/pretrain_cpu.py, which measures what Ray adds.
+Workers get a typed `LoopConfig` (pydantic, pickled by Ray) and read every input
+(shards, rows, the init checkpoint, the tokenizer) from the run's storage through
+node-local copies, so they may run on any node. The same function runs in one
+plain process (`run_without_ray`) for tests and for benchmarks/pretrain_cpu.py,
+which measures what Ray adds.
 """
 
 from __future__ import annotations
@@ -23,15 +26,38 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 
+from raylm.config import GPTConfig, StorageConfig, TrainConfig
 from raylm.model.engine import Engine
-from raylm.model.gpt import GPT, GPTConfig
+from raylm.model.gpt import GPT
+from raylm.storage import Storage
 from raylm.tokenizer.shards import read_shard
 
 CHECKPOINT_FILE = "train_state.pt"
+
+
+class LoopConfig(BaseModel):
+    """Everything a training worker needs; storage paths are relative to `storage`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step_name: str
+    train: TrainConfig
+    model: GPTConfig
+    storage: StorageConfig
+    data: Literal["shards", "rows"]           # token shards (pretraining) or packed rows with a loss mask (SFT)
+    train_files: list[str]
+    val_files: list[str]
+    tokenizer: str                            # a folder holding tokenizer.json
+    token_bytes: list[int]                    # UTF-8 bytes per token id: the denominator of bits per byte
+    init_checkpoint: str | None = None        # an HF folder to start from (SFT)
+    chat_samples: list[str] = []
+    peak_flops: float = 989e12
 
 
 class TokenStream:
@@ -41,8 +67,8 @@ class TokenStream:
     restored run continues exactly where the failed one was, and ranks never overlap.
     """
 
-    def __init__(self, shard_paths: list[Path], seq_len: int, seed: int):
-        self.shards = [read_shard(p) for p in shard_paths]
+    def __init__(self, shards: list[np.ndarray], seq_len: int, seed: int):
+        self.shards = shards
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
         self.seq_len, self.seed = seq_len, seed
         self.num_sequences = int((self.offsets[-1] - 1) // seq_len)
@@ -102,12 +128,13 @@ class PackedRows:
         return tokens, torch.from_numpy(self.mask[rows, 1:].astype(np.float32))
 
 
-def open_stream(config: dict, split: str):
-    """The batches of one split: packed conversation rows if the step wrote them, else token shards."""
-    if config.get(f"{split}_rows"):
-        return PackedRows(Path(config[f"{split}_rows"]), config["seed"] if split == "train" else None)
-    seed = config["seed"] if split == "train" else 0
-    return TokenStream([Path(p) for p in config[f"{split}_shards"]], config["seq_len"], seed)
+def open_stream(config: LoopConfig, split: str):
+    """The batches of one split: packed conversation rows (SFT) or token shards (pretraining)."""
+    storage = Storage(config.storage)
+    files = [storage.local(rel) for rel in (config.train_files if split == "train" else config.val_files)]
+    if config.data == "rows":
+        return PackedRows(files[0], config.train.seed if split == "train" else None)
+    return TokenStream([read_shard(f) for f in files], config.train.seq_len, config.train.seed if split == "train" else 0)
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None,
@@ -120,12 +147,12 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor |
     return (nats * mask).sum() / mask.sum().clamp(min=1) if reduction == "mean" else nats * mask
 
 
-def lr_at(step: int, cfg: dict) -> float:
-    peak, warmup, total = cfg["lr"], cfg["warmup_steps"], cfg["steps"]
-    floor = peak * cfg["min_lr_ratio"]
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    peak, warmup, total = cfg.lr, cfg.warmup_steps, cfg.steps
+    floor = peak * cfg.min_lr_ratio
     if step < warmup:
         return peak * (step + 1) / warmup
-    if cfg["schedule"] == "wsd":  # warmup-stable-decay: flat, then a linear cool-down over the last 20%
+    if cfg.schedule == "wsd":  # warmup-stable-decay: flat, then a linear cool-down over the last 20%
         decay_start = int(0.8 * total)
         return peak if step < decay_start else floor + (peak - floor) * (total - step) / max(1, total - decay_start)
     progress = (step - warmup) / max(1, total - warmup)
@@ -155,12 +182,12 @@ def evaluate(model: GPT, stream, token_bytes: torch.Tensor, batches: int, batch_
 
 def _save_state(folder: Path, model: GPT, optimizer, step: int, history: list[dict]) -> None:
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "metrics": history[-1], "history": history, "model_config": model.cfg.to_dict()},
+                "metrics": history[-1], "history": history, "model_config": model.cfg.model_dump()},
                folder / CHECKPOINT_FILE)
 
 
-def train_loop(config: dict) -> None:
-    """Ray Train's train_loop_per_worker. `config` is plain data (it crosses processes)."""
+def train_loop(config: LoopConfig) -> None:
+    """Ray Train's train_loop_per_worker."""
     import ray.train
     import ray.train.torch
 
@@ -171,7 +198,7 @@ def train_loop(config: dict) -> None:
     state = None
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     model, optimizer, start = build(config, device, state)
     ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
     history = state["history"] if state else []
@@ -189,19 +216,20 @@ def train_loop(config: dict) -> None:
     run(config, model, ddp, optimizer, start, rank, world, device, report, restored=state is not None)
 
 
-def build(config: dict, device, state: dict | None):
-    torch.manual_seed(config["seed"])
-    model = GPT(GPTConfig(**config["model"])).to(device)
+def build(config: LoopConfig, device, state: dict | None):
+    torch.manual_seed(config.train.seed)
+    model = GPT(config.model).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config["weight_decay"]},
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.train.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=config["lr"], betas=(0.9, 0.95), fused=device.type == "cuda")
+                                  lr=config.train.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
     start = 0
-    if state is None and config.get("init_checkpoint"):  # SFT/RL start from an earlier step's weights
+    if state is None and config.init_checkpoint:  # SFT starts from an earlier step's weights
         from raylm.model.hf import load_pretrained
 
-        model.load_state_dict(load_pretrained(config["init_checkpoint"]).state_dict())
+        folder = Storage(config.storage).local(config.init_checkpoint)
+        model.load_state_dict(load_pretrained(folder).state_dict())
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -209,23 +237,24 @@ def build(config: dict, device, state: dict | None):
     return model, optimizer, start
 
 
-def run(config: dict, model: GPT, ddp, optimizer, start: int, rank: int, world: int, device, report,
+def run(config: LoopConfig, model: GPT, ddp, optimizer, start: int, rank: int, world: int, device, report,
         restored: bool = False) -> None:
     """The loop proper; `ddp` is the wrapped model (or the model itself in one process)."""
+    cfg = config.train
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    forward = torch.compile(ddp) if cuda and config["compile"] else ddp
+    forward = torch.compile(ddp) if cuda and cfg.compile else ddp
     train, val = open_stream(config, "train"), open_stream(config, "val")
-    tag = f"[{config.get('step_name', 'pretrain')}]"
-    token_bytes = torch.tensor(config["token_bytes"], dtype=torch.int64)
-    batch, accum, steps = config["batch_size"], config["grad_accum"], config["steps"]
-    tokens_per_step = batch * accum * world * config["seq_len"]
-    flops_per_token = model.flops_per_token(config["seq_len"])
+    tag = f"[{config.step_name}]"
+    token_bytes = torch.tensor(config.token_bytes, dtype=torch.int64)
+    batch, accum, steps = cfg.batch_size, cfg.grad_accum, cfg.steps
+    tokens_per_step = batch * accum * world * cfg.seq_len
+    flops_per_token = model.flops_per_token(cfg.seq_len)
     if rank == 0 and restored:
         print(f"{tag} restored from checkpoint at step {start}", flush=True)
     last_log, last_step = time.time(), start
     for step in range(start, steps):
-        lr = lr_at(step, config)
+        lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = 0.0
@@ -239,60 +268,58 @@ def run(config: dict, model: GPT, ddp, optimizer, start: int, rank: int, world: 
                 loss = token_loss(logits, seqs[:, 1:], mask)
                 (loss / accum).backward()
             loss_sum += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"] or float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
         done = step + 1
         metrics = {"step": done, "loss": loss_sum / accum, "lr": lr, "grad_norm": float(grad_norm),
                    "restored_from": start if restored else None}
-        if done % config["log_every"] == 0 or done == steps:
+        if done % cfg.log_every == 0 or done == steps:
             elapsed = time.time() - last_log
             metrics["tokens_per_s"] = tokens_per_step * (done - last_step) / max(elapsed, 1e-9)
             if cuda:
-                metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / (config["peak_flops"] * world)
+                metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / (config.peak_flops * world)
             last_log, last_step = time.time(), done
             if rank == 0:
                 print(f"{tag} step {done}/{steps} loss {metrics['loss']:.4f} lr {lr:.2e} "
                       f"{metrics['tokens_per_s']:,.0f} tok/s", flush=True)
-        if done % config["eval_every"] == 0 or done == steps:
-            metrics.update(evaluate(model, val, token_bytes, config["eval_batches"], batch, device, autocast))
+        if done % cfg.eval_every == 0 or done == steps:
+            metrics.update(evaluate(model, val, token_bytes, cfg.eval_batches, batch, device, autocast))
             if rank == 0:
                 print(f"{tag} step {done} val loss {metrics['val_loss']:.4f} "
                       f"val bpb {metrics['val_bpb']:.4f}", flush=True)
-        if rank == 0 and (done == steps or (config["sample_every"] and done % config["sample_every"] == 0)):
+        if rank == 0 and (done == steps or (cfg.sample_every and done % cfg.sample_every == 0)):
             for prompt, text in sample(model, config).items():
                 print(f"{tag} sample {prompt!r} -> {text!r}", flush=True)
-        save = done % config["checkpoint_every"] == 0 or done == steps
+        save = done % cfg.checkpoint_every == 0 or done == steps
         if "tokens_per_s" in metrics or "val_loss" in metrics or save:  # a report is a sync point: not every step
             report(metrics, done, save)
 
 
-def sample(model: GPT, config: dict) -> dict[str, str]:
+def sample(model: GPT, config: LoopConfig) -> dict[str, str]:
     """A few greedy continuations (or, with `chat_samples`, assistant replies), decoded; for the log."""
-    from tokenizers import Tokenizer
-
+    from raylm.tokenizer.bpe import load
     from raylm.tokenizer.chat import ChatFormat
 
-    tok = Tokenizer.from_file(config["tokenizer_file"])
-    tok.encode_special_tokens = True
+    tok = load(Storage(config.storage).local(config.tokenizer))
     engine = Engine(model)
-    if config.get("chat_samples"):
+    if config.chat_samples:
         chat = ChatFormat(tok)
-        prompts = config["chat_samples"]
+        prompts = config.chat_samples
         ids = [chat.prompt([{"role": "user", "content": p}]) for p in prompts]
         outs = engine.generate(ids, 48, temperature=0, stop_ids=chat.stop_ids)
     else:
-        prompts = config.get("sample_prompts") or ["The package manager", "To install Debian"]
+        prompts = ["The package manager", "To install Debian"]
         eos = tok.token_to_id("<|endoftext|>")
         outs = engine.generate([[eos, *tok.encode(p).ids] for p in prompts], 24, temperature=0, stop_ids=(eos,))
     model.train()
     return {p: tok.decode(o, skip_special_tokens=False) for p, o in zip(prompts, outs)}
 
 
-def run_without_ray(config: dict) -> list[dict]:
+def run_without_ray(config: LoopConfig) -> list[dict]:
     """One process, no Ray: the baseline of benchmarks/pretrain_cpu.py and a test harness."""
-    device = torch.device("cuda" if torch.cuda.is_available() and config.get("use_gpu") else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() and config.train.use_gpu else "cpu")
     model, optimizer, start = build(config, device, None)
     history: list[dict] = []
     run(config, model, model, optimizer, start, 0, 1, device, lambda m, step, save: history.append(m))

@@ -1,6 +1,6 @@
 """The sft step: the base model learns the conversation protocol on Ray Train; a chat checkpoint out.
 
-    raylm sft        # runs/<name>/pretrain/hf -> runs/<name>/sft/hf (with a chat template)
+    raylm sft        # <run>/pretrain/hf -> <run>/sft/hf (with a chat template)
 
 Conversations come from the verifiable task families (raylm/tasks, counts in
 `sft.mix`, seeded by `sft.data_seed`) plus any JSONL files in `sft.conversations`.
@@ -22,11 +22,12 @@ import numpy as np
 
 from raylm.config import SftConfig
 from raylm.model.hf import from_hf_config, save_pretrained
-from raylm.runs import config_hash
+from raylm.runs import StepResult, Work
 from raylm.tasks import generate_tasks
 from raylm.tasks.conversations import load_conversations
 from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import ChatFormat
+from raylm.train.loop import LoopConfig
 from raylm.train.pretrain import PEAK_BF16_FLOPS, token_byte_lengths
 from raylm.train.trainer import fit, model_from_state, plot_losses
 
@@ -76,30 +77,30 @@ def build_sft_data(cfg: SftConfig, tokenizer_dir: Path, out_dir: Path) -> dict:
     return counts
 
 
-def run_sft(cfg: SftConfig, base_dir: Path, out_dir: Path, storage_dir: Path, extra: dict | None = None) -> dict:
-    base_dir, out_dir = Path(base_dir).resolve(), Path(out_dir)
+def run_sft(cfg: SftConfig, pretrain: StepResult, work: Work, train_rel: str, key: str) -> dict:
+    """`train_rel`: the run's Ray Train folder in storage; `key`: this step's digest (names the Ray Train run)."""
+    storage, base_rel = work.storage, f"{pretrain.rel}/hf"
+    base_dir = storage.local(base_rel)
     model_config = from_hf_config(json.loads((base_dir / "config.json").read_text()))
     if cfg.seq_len > model_config.max_seq_len:
         raise ValueError(f"sft.seq_len {cfg.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len}")
-    counts = build_sft_data(cfg, base_dir, out_dir)
+    counts = build_sft_data(cfg, base_dir, work.local)
     print(f"[sft] {counts['train']['conversations']} train / {counts['val']['conversations']} val conversations "
           f"in {counts['train']['rows']} rows ({counts['train']['fill']:.0%} filled), "
           f"{counts['too_long']} too long for {cfg.seq_len} tokens", flush=True)
-    config = {
-        **cfg.model_dump(exclude={"mix", "conversations"}), "step_name": "sft",
-        "model": model_config.to_dict(), "init_checkpoint": str(base_dir),
-        "train_rows": str((out_dir / "train.npz").resolve()), "val_rows": str((out_dir / "val.npz").resolve()),
-        "token_bytes": token_byte_lengths(base_dir), "tokenizer_file": str(base_dir / "tokenizer.json"),
-        "chat_samples": CHAT_SAMPLES, "peak_flops": PEAK_BF16_FLOPS, **(extra or {}),
-    }
-    name = f"sft-{config_hash({**cfg.model_dump(), 'base': str(base_dir)})}"
-    print(f"[sft] {cfg.num_workers} Ray Train workers, {cfg.steps} steps from {base_dir}", flush=True)
-    state = fit(config, cfg.num_workers, cfg.use_gpu, cfg.max_failures, storage_dir, name)
+    config = LoopConfig(
+        step_name="sft", train=cfg, model=model_config, storage=storage.cfg, data="rows",
+        train_files=[work.publish("train.npz")], val_files=[work.publish("val.npz")],
+        tokenizer=base_rel, token_bytes=token_byte_lengths(base_dir), init_checkpoint=base_rel,
+        chat_samples=CHAT_SAMPLES, peak_flops=PEAK_BF16_FLOPS)
+    name = f"sft-{key}"  # the digest covers the base model's whole history: a new base starts from step 0
+    print(f"[sft] {cfg.num_workers} Ray Train workers, {cfg.steps} steps from {storage.uri(base_rel)}", flush=True)
+    state = fit(config, cfg.num_workers, cfg.use_gpu, cfg.max_failures, storage, train_rel, name)
     model = model_from_state(state)
-    save_pretrained(model, out_dir / "hf", tokenizer_dir=base_dir, chat=True)
-    (out_dir / "history.json").write_text(json.dumps(state["history"]))
-    plot_losses(state["history"], out_dir / "loss.png", "SFT (assistant tokens only)")
+    save_pretrained(model, work.local / "hf", tokenizer_dir=base_dir, chat=True)
+    (work.local / "history.json").write_text(json.dumps(state["history"]))
+    plot_losses(state["history"], work.local / "loss.png", "SFT (assistant tokens only)")
     print(f"[sft] val loss {state['metrics'].get('val_loss', float('nan')):.4f}; chat checkpoint written",
           flush=True)
-    return {"steps": state["step"], "final": state["metrics"], "data": counts, "checkpoint": str(out_dir / "hf"),
-            "ray_train_run": str(Path(storage_dir) / name)}
+    return {"steps": state["step"], "final": state["metrics"], "data": counts,
+            "ray_train_run": storage.uri(f"{train_rel}/{name}")}

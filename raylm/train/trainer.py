@@ -1,13 +1,16 @@
 """Run the shared training loop on Ray Train (TorchTrainer, V2 API) and collect what it left behind.
 
     state = fit(loop_config, num_workers=2, use_gpu=False, max_failures=2,
-                storage_dir=Path("runs/tiny/ray_train"), name="sft-<hash>")
+                storage=storage, rel="tiny/ray_train", name="sft-<step digest>")
     state["model"], state["history"], state["metrics"]
 
-Ray Train keeps checkpoints under storage_dir/name: the same name with the same
-storage resumes from the latest checkpoint (Ray Train V2 restores a run from its
-storage path and name), and FailureConfig(max_failures) restarts the worker group
-from the last checkpoint when a worker dies. Pretraining and SFT both call this.
+Ray Train keeps checkpoints in the run's storage (storage_path + storage_filesystem,
+so every node writes and reads them there) under rel/name. The name carries the
+step's digest (its config and every upstream step's), so the same step resumes from
+its latest checkpoint (Ray Train V2 restores a run from its storage path and name)
+and a changed one, or one whose data changed, starts from step 0.
+FailureConfig(max_failures) restarts the worker group from the last checkpoint when
+a worker dies. Pretraining and SFT both call this.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from pathlib import Path
 
 import torch
 
-from raylm.model.gpt import GPT, GPTConfig
-from raylm.train.loop import CHECKPOINT_FILE, train_loop
+from raylm.config import GPTConfig
+from raylm.model.gpt import GPT
+from raylm.storage import Storage
+from raylm.train.loop import CHECKPOINT_FILE, LoopConfig, train_loop
 
 
-def fit(config: dict, num_workers: int, use_gpu: bool, max_failures: int, storage_dir: Path, name: str) -> dict:
+def fit(config: LoopConfig, num_workers: int, use_gpu: bool, max_failures: int, storage: Storage, rel: str,
+        name: str) -> dict:
     """Train on `num_workers` Ray Train workers; return the final checkpoint's state (model, history, metrics)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -28,14 +34,15 @@ def fit(config: dict, num_workers: int, use_gpu: bool, max_failures: int, storag
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=RunConfig(name=name, storage_path=str(Path(storage_dir).resolve()),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     placement_strategy=config.train.placement_strategy),
+        run_config=RunConfig(name=name, storage_path=storage.path(rel), storage_filesystem=storage.fs,
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
 def model_from_state(state: dict) -> GPT:

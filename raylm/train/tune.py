@@ -10,32 +10,33 @@ but never finish wrong: a surviving trial runs the full schedule.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from raylm.config import PretrainConfig
-from raylm.train.loop import build, run
+from raylm.runs import StepResult
+from raylm.train.loop import LoopConfig, build, run
 from raylm.train.pretrain import loop_config
 
 
-def _trial(params: dict, base: dict) -> None:
+def _trial(params: dict, base: LoopConfig) -> None:
     from ray import tune
 
-    config = {**base, **params}
+    config = base.model_copy(update={"train": base.train.model_copy(update=params)})
     torch.set_num_threads(1)
-    device = torch.device("cuda" if config["use_gpu"] and torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if config.train.use_gpu and torch.cuda.is_available() else "cpu")
     model, optimizer, start = build(config, device, None)
     run(config, model, model, optimizer, start, 0, 1, device, lambda metrics, step, save: tune.report(metrics))
 
 
-def run_sweep(cfg: PretrainConfig, tokenizer_dir: Path, storage_dir: Path, lrs: list[float],
+def run_sweep(cfg: PretrainConfig, tokenizer: StepResult, tune_rel: str, lrs: list[float],
               batch_sizes: list[int]) -> dict:
+    """Trials keep their results in the run's storage under `tune_rel`."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    base = loop_config(cfg, tokenizer_dir)
-    base.update(sample_every=0, checkpoint_every=cfg.steps, eval_every=cfg.steps)
+    base = loop_config(cfg.model_copy(update={"sample_every": 0, "checkpoint_every": cfg.steps,
+                                              "eval_every": cfg.steps}), tokenizer)
+    storage = tokenizer.storage
     grace = max(1, cfg.steps // 8)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_trial, base=base),
@@ -44,7 +45,8 @@ def run_sweep(cfg: PretrainConfig, tokenizer_dir: Path, storage_dir: Path, lrs: 
         tune_config=tune.TuneConfig(metric="loss", mode="min",
                                     scheduler=ASHAScheduler(time_attr="step", max_t=cfg.steps,
                                                             grace_period=grace, reduction_factor=2)),
-        run_config=tune.RunConfig(name="sweep", storage_path=str(Path(storage_dir).resolve()), verbose=1),
+        run_config=tune.RunConfig(name="sweep", storage_path=storage.path(tune_rel),
+                                  storage_filesystem=storage.fs, verbose=1),
     )
     results = tuner.fit()
     rows = []

@@ -66,21 +66,32 @@ SHORT = ["pretrain.steps=20", "pretrain.eval_every=20", "pretrain.checkpoint_eve
          "eval.num_per_family=3", "eval.max_new_tokens=16"]
 
 
-def test_run_resumes_instead_of_redoing(ray_session, sample_files, tmp_path, capsys):
-    args = ["run", "--no-serve", "--name", "resume", "-o", f"runs_dir={tmp_path}", "-o", f"data.input=[{sample_files[3]}]"]
+def test_run_resumes_and_redoes_what_a_change_upstream_touches(ray_session, sample_files, tmp_path, capsys):
+    args = ["run", "--no-serve", "--name", "resume", "-o", f"storage.uri={tmp_path}",
+            "-o", f"data.input=[{sample_files[3]}]"]
     for override in SHORT:
         args += ["-o", override]
     assert main(args) == 0
     run = tmp_path / "resume"
-    assert {p.parent.name for p in run.glob("*/manifest.json")} == {
-        "data", "tokenizer", "pretrain", "sft", "rl", "eval"}
+    steps = {"data", "search", "tokenizer", "pretrain", "sft", "rl", "eval"}
+    assert {p.parent.name for p in run.glob("*/manifest.json")} == steps
     report = (run / "eval" / "report.md").read_text()
     assert "| metric | pretrain | sft | rl |" in report
-    manifests = {step: (run / step / "manifest.json").read_text() for step in ("data", "sft", "rl", "eval")}
+    manifests = {step: json.loads((run / step / "manifest.json").read_text()) for step in steps}
     capsys.readouterr()
     assert main(args) == 0
-    assert capsys.readouterr().out.count("already finished") == 6
-    assert all((run / step / "manifest.json").read_text() == text for step, text in manifests.items())
+    assert capsys.readouterr().out.count("already finished") == len(steps)
+
+    # a data filter changes: every step below the data step is redone from scratch, nothing is resumed
+    assert main(args + ["-o", "data.filters.gopher_min_doc_words=40"]) == 0
+    redone = {step: json.loads((run / step / "manifest.json").read_text()) for step in steps}
+    assert all(redone[s]["config_hash"] != manifests[s]["config_hash"] for s in steps)
+    history = json.loads((run / "pretrain" / "history.json").read_text())
+    # trained from step 0: the first report is the first log point (log_every=10), nothing was restored
+    assert history[0]["step"] == 10 and all(m["restored_from"] is None for m in history)
+    assert redone["pretrain"]["metrics"]["ray_train_run"] != manifests["pretrain"]["metrics"]["ray_train_run"]
+    assert redone["rl"]["metrics"]["restored_from"] is None
+    assert not list(tmp_path.glob("resume/*.partial")) and not (run / "raylm.lock").exists()
 
 
 def test_missing_or_empty_input_fails_cleanly(ray_session, tmp_path, capsys):
@@ -94,3 +105,15 @@ def test_missing_or_empty_input_fails_cleanly(ray_session, tmp_path, capsys):
     assert main(["data", "--input", str(empty), "--output", str(out)]) == 2
     assert "error:" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_output_folder_with_foreign_files_is_left_alone(ray_session, tmp_path, capsys):
+    out = tmp_path / "clean"
+    out.mkdir()
+    (out / "my-notes.txt").write_text("not raylm's")
+    inputs = tmp_path / "docs.jsonl"
+    inputs.write_text(json.dumps({"url": "https://a.example", "text": "word " * 100}) + "\n")
+    assert main(["data", "--input", str(inputs), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "was not written by raylm" in err
+    assert [p.name for p in out.iterdir()] == ["my-notes.txt"] and (out / "my-notes.txt").read_text() == "not raylm's"

@@ -25,6 +25,7 @@ def test_decode_declared_meta_detected_and_wrong_charsets():
     assert "caf\u00e9" in decode_html(latin1, "utf-8")  # declared wrongly: falls back to detection
     assert "caf\u00e9" in decode_html(latin1, None)  # undeclared
     assert decode_html(CAFE.encode("utf-8"), "no-such-charset") == CAFE
+    assert decode_html(CAFE.encode("utf-8"), "undefined") == CAFE  # Python's "undefined" codec raises UnicodeError
 
 
 def test_non_html_empty_and_error_responses_are_skipped_with_reasons(tmp_path):
@@ -58,6 +59,32 @@ def test_truncated_archive_keeps_records_before_the_damage(tmp_path, sample_file
     corrupt.write_bytes(data[:200_000] + b"\x00garbage" * 1000 + data[200_000:])
     rows = read(corrupt)
     assert rows[-1]["reason"] == "truncated_archive" and len(rows) > 1
+
+
+def test_a_page_declaring_an_undefined_charset_is_read(tmp_path):
+    path = write_warc(tmp_path / "undefined.warc.gz", [("https://a.example/u", CAFE.encode(), "text/html; charset=undefined"),
+                                                       ("https://a.example/next", CAFE.encode(), "text/html")])
+    assert [(r["reason"], r["html"]) for r in read(path)] == [(None, CAFE), (None, CAFE)]
+
+
+def test_common_crawl_listing_and_prefix_read_only_warc_files(tmp_path):
+    """A crawl folder holds WARC, WAT, WET and robots.txt/diagnostics WARCs: only the first are pages."""
+    seg = tmp_path / "crawl-data" / "CC-MAIN-2024-10" / "segments" / "1"
+    names = ["warc/a.warc.gz", "warc/b.warc.gz", "wat/a.warc.wat.gz", "wet/a.warc.wet.gz",
+             "robotstxt/a.warc.gz", "crawldiagnostics/a.warc.gz"]
+    for name in names:
+        (seg / name).parent.mkdir(parents=True, exist_ok=True)
+        (seg / name).write_bytes(b"x")
+    [group] = find_inputs([str(tmp_path / "crawl-data")])
+    assert [p.rsplit("segments/1/", 1)[1] for p in group.files["warc"]] == ["warc/a.warc.gz", "warc/b.warc.gz"]
+    assert len(group.listing) == 2 and all(size == 1 for _, size, _ in group.listing)
+
+    listing = tmp_path / "warc.paths.gz"
+    lines = [f"crawl-data/CC-MAIN-2024-10/segments/1/{n}" for n in ("warc/a.warc.gz", "warc/b.warc.gz")]
+    listing.write_bytes(gzip.compress("\n".join(lines).encode()))
+    [group] = find_inputs([str(listing)], listing_base=str(tmp_path))
+    assert group.files["warc"] == [str(tmp_path / line) for line in lines]
+    assert group.listing[0][0] == str(listing)  # the digest covers the listing itself, not 90,000 HEAD requests
 
 
 def test_find_inputs_errors(tmp_path):

@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 
-from raylm.config import ConfigError, RlConfig
+from raylm.config import ConfigError, RlConfig, StorageConfig
 from raylm.model.gpt import GPT, GPTConfig
 from raylm.model.hf import save_pretrained
+from raylm.runs import StepResult, run_step
+from raylm.storage import Storage
 from tests.tokenizer.test_bpe import CORPUS
 
 
@@ -27,7 +29,8 @@ def policy(tmp_path_factory):
     save(train_bpe(CORPUS, vocab_size=600, min_frequency=1), root / "tok")
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=600, dim=64, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=128))
-    return save_pretrained(model, root / "hf", tokenizer_dir=root / "tok", chat=True)
+    save_pretrained(model, root / "sft" / "hf", tokenizer_dir=root / "tok", chat=True)
+    return root  # a run folder with a finished SFT model in sft/hf
 
 
 def test_custom_reward_resume_and_export(ray_session, policy, tmp_path):
@@ -37,21 +40,26 @@ def test_custom_reward_resume_and_export(ray_session, policy, tmp_path):
     cfg = RlConfig(engine="torch", families=["compare"], reward="tests.rl.test_rl:quarter", steps=2,
                    prompts_per_step=2, group_size=2, max_new_tokens=6, eval_every=2, eval_per_family=3,
                    checkpoint_every=1, rollout_cpus=1, learner_cpus=1)
-    state = tmp_path / "state" / "state.pt"
-    first = run_rl(cfg, policy, tmp_path / "a", state)
-    history = json.loads((tmp_path / "a" / "history.json").read_text())
+    storage = Storage(StorageConfig(uri=str(policy)))
+    sft = StepResult(storage, "sft", {"config_hash": "sft", "metrics": {}}, skipped=True)
+
+    def rl(settings, folder, state="state/state.pt"):
+        return run_step("rl", storage, folder, folder, lambda work: run_rl(settings, sft, work, state)).metrics
+
+    first = rl(cfg, "a")
+    history = json.loads((policy / "a" / "history.json").read_text())
     assert [m["step"] for m in history] == [0, 1, 2]
     assert all(m["mean_reward"] == 0.25 for m in history[1:])  # the plugged-in function scored every sample
     for key in ("generate_s", "score_s", "train_s", "sync_s", "rollout_tokens_per_s", "response_length"):
         assert history[-1][key] >= 0
     assert "pass@1/compare" in history[0] and "pass@1/compare" in history[-1]
-    assert first["restored_from"] is None and (tmp_path / "a" / "reward.png").is_file()
-    load_pretrained(tmp_path / "a" / "hf")
+    assert first["restored_from"] is None and (policy / "a" / "reward.png").is_file()
+    load_pretrained(policy / "a" / "hf")
 
-    resumed = run_rl(cfg.model_copy(update={"steps": 3}), policy, tmp_path / "b", state)
+    resumed = rl(cfg.model_copy(update={"steps": 3}), "b")
     assert resumed["restored_from"] == 2
-    assert [m["step"] for m in json.loads((tmp_path / "b" / "history.json").read_text())] == [0, 1, 2, 3]
+    assert [m["step"] for m in json.loads((policy / "b" / "history.json").read_text())] == [0, 1, 2, 3]
 
     for bad in ("tests.rl.test_rl", "tests.rl.nowhere:f", "tests.rl.test_rl:missing"):
         with pytest.raises(ConfigError, match="rl.reward"):
-            run_rl(cfg.model_copy(update={"reward": bad}), policy, tmp_path / "c", tmp_path / "s.pt")
+            rl(cfg.model_copy(update={"reward": bad}), "c", "other/state.pt")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from raylm.config import StorageConfig
 from raylm.model.engine import Engine
 from raylm.model.gpt import GPT, GPTConfig
 from raylm.model.hf import save_pretrained
 from raylm.rl.rollout import RolloutPool
 from raylm.rl.weight_sync import pack
+from raylm.storage import Storage
 from tests.tokenizer.test_bpe import CORPUS
 
 # longer than a KV-cache block (128 tokens on CPU), so vLLM's prefix cache holds them between generations
@@ -37,7 +39,8 @@ def checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("engine", ["vllm", "torch"])
 def test_weight_push_then_greedy_matches_the_torch_engine(ray_session, checkpoint, engine):
-    pool = RolloutPool(engine, checkpoint, num_workers=1, stop_ids=[EOS], cpus_per_worker=1)
+    storage = Storage(StorageConfig(uri=str(checkpoint)))
+    pool = RolloutPool(engine, storage, "", num_workers=1, stop_ids=[EOS], cpus_per_worker=1)
     try:
         assert pool.engine == engine
         before = [g[0].ids for g in pool.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=12)]

@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raylm.config import ServeConfig
+from raylm.config import ServeConfig, StorageConfig
 from raylm.model.hf import save_pretrained
+from raylm.storage import Storage
 from raylm.tasks import generate_tasks
 from raylm.tokenizer.bpe import load, save, train_bpe
 from raylm.tokenizer.chat import CALL_START, RESULT_END, ChatFormat
@@ -52,8 +53,9 @@ def scripted_checkpoint(tmp_path_factory):
         {"url": "https://example.org/veltrane", "text": "The Veltrane Bridge opened in 1873 over the river."},
         {"url": "https://example.org/other", "text": "Package managers install software on Debian."}]),
         kept / "part-0.parquet")
-    build_index(kept, root / "search.db")
-    return root / "hf", root / "search.db", chat
+    storage = Storage(StorageConfig(uri=str(root)))
+    build_index(storage, "kept", root / "search.db")
+    return storage.child("hf"), storage.child("search.db"), chat
 
 
 @pytest.fixture(scope="package")

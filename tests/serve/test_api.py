@@ -116,12 +116,18 @@ def test_api_key_is_required(served):
 
 
 def test_serve_config_file_builds_the_same_app(served, scripted_checkpoint, tmp_path):
+    from raylm.config import StorageConfig
     from raylm.serve.deploy import build, write_serve_config
+    from raylm.storage import Storage
 
     _, settings, _ = served
     checkpoint, search_db, _ = scripted_checkpoint
-    path = write_serve_config(settings, checkpoint, search_db, tmp_path / "serve_config.yaml")
+    out = Storage(StorageConfig(uri=str(tmp_path)))
+    uri = write_serve_config(settings, checkpoint, search_db, out, "serve/serve_config.yaml")
+    path = tmp_path / "serve" / "serve_config.yaml"
+    assert uri == str(path)
     app = yaml.safe_load(path.read_text())["applications"][0]
+    assert app["args"]["checkpoint"] == checkpoint.uri() and app["args"]["search_db"] == search_db.uri()
     assert app["import_path"] == "raylm.serve.deploy:build"
     deployment = app["deployments"][0]
     assert deployment["max_ongoing_requests"] == settings.max_ongoing_requests
@@ -155,5 +161,5 @@ def test_torch_engine_replica_and_tool_round_limit(served, scripted_checkpoint):
 def test_serve_cli_rejects_a_missing_checkpoint(tmp_path, capsys):
     from raylm.cli import main
 
-    assert main(["serve", "--checkpoint", str(tmp_path / "nope"), "-o", f"runs_dir={tmp_path}"]) == 2
+    assert main(["serve", "--checkpoint", str(tmp_path / "nope"), "-o", f"storage.uri={tmp_path}"]) == 2
     assert "no HF checkpoint (config.json)" in capsys.readouterr().err

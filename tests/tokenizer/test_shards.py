@@ -1,11 +1,15 @@
-"""Token shards: header, fixed sizes, split by document."""
+"""Token shards: header, written by a plain callable per batch of documents, split by document."""
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from raylm.tokenizer.shards import ShardWriter, is_val, read_shard, token_dtype, write_shard
+from raylm.config import StorageConfig
+from raylm.storage import Storage
+from raylm.tokenizer.bpe import EOS, encode, save, train_bpe
+from raylm.tokenizer.shards import is_val, read_shard, token_dtype, write_shard, write_shards
 
 
 def test_shard_round_trip_and_bad_magic(tmp_path):
@@ -22,15 +26,24 @@ def test_shard_round_trip_and_bad_magic(tmp_path):
     assert token_dtype(4096) == np.uint16 and token_dtype(100_000) == np.uint32
 
 
-def test_writer_packs_fixed_size_shards(tmp_path):
-    writer = ShardWriter(tmp_path, "train", shard_tokens=100, dtype=np.dtype(np.uint16))
-    stream = [np.arange(n, dtype=np.int64) for n in (30, 95, 7, 160)]
-    for doc in stream:
-        writer.add(doc, num_bytes=len(doc))
-    writer.close()
-    sizes = [len(read_shard(p)) for p in writer.paths]
-    assert sizes == [100, 100, 92] and writer.num_tokens == 292
-    assert np.array_equal(np.concatenate([read_shard(p) for p in writer.paths]), np.concatenate(stream))
+def test_a_batch_becomes_one_shard_per_split_with_its_token_counts(tmp_path):
+    texts = [f"Document {i} talks about rivers, bread and lighthouses number {i}." for i in range(40)]
+    ids = [f"doc-{i}" for i in range(40)]
+    tok = train_bpe(texts, vocab_size=300, min_frequency=1)
+    save(tok, tmp_path / "tok")
+    storage = Storage(StorageConfig(uri=str(tmp_path)))
+    batch = pa.table({"id": ids, "text": texts})
+    rows = write_shards(batch, storage, "tok/tokenizer.json", "shards", val_fraction=0.2).to_pylist()
+    assert [r["split"] for r in rows] == ["train", "val"]
+    eos = tok.token_to_id(EOS)
+    for row in rows:
+        docs = [t for i, t in zip(ids, texts) if is_val(i, 0.2) == (row["split"] == "val")]
+        expected = [x for text in docs for x in (eos, *encode(tok, text))]
+        shard = read_shard(tmp_path / "shards" / row["name"])
+        assert shard.tolist() == expected and row["tokens"] == len(expected) and row["documents"] == len(docs)
+        assert row["counts"] == np.bincount(expected, minlength=tok.get_vocab_size()).tolist()
+    again = write_shards(batch, storage, "tok/tokenizer.json", "shards", val_fraction=0.2).to_pylist()
+    assert [r["name"] for r in again] == [r["name"] for r in rows]  # named by their documents: reproducible
 
 
 def test_split_by_document_is_stable():

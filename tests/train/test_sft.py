@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from raylm.config import SftConfig
+from raylm.config import SftConfig, StorageConfig
 
 
 @pytest.fixture(scope="module")
@@ -15,17 +15,22 @@ def base_and_sft(sample_tokenizer, tmp_path_factory):
     """A freshly initialised base model (pretraining is tested elsewhere) and its SFT on two short families."""
     from raylm.model.gpt import GPT, GPTConfig
     from raylm.model.hf import save_pretrained
+    from raylm.runs import StepResult, run_step
+    from raylm.storage import Storage
     from raylm.train.sft import run_sft
 
     root = tmp_path_factory.mktemp("sft")
+    storage = Storage(StorageConfig(uri=str(root)))
     torch.manual_seed(0)
     base = save_pretrained(GPT(GPTConfig(vocab_size=1024, dim=64, n_layers=2, n_heads=2, n_kv_heads=1,
-                                         max_seq_len=128)), root / "base" / "hf", tokenizer_dir=sample_tokenizer)
+                                         max_seq_len=128)), root / "base" / "hf",
+                           tokenizer_dir=sample_tokenizer.storage.local(sample_tokenizer.rel))
     cfg = SftConfig(mix={"identity": 300, "unknown_entities": 300}, seq_len=128, steps=120, batch_size=8,
                     lr=3e-3, warmup_steps=10, log_every=20, eval_every=60, checkpoint_every=60)
-    (root / "sft").mkdir()
-    result = run_sft(cfg, base, root / "sft", root / "ray_train")
-    return base, root / "sft" / "hf", result
+    pretrain = StepResult(storage, "base", {"config_hash": "base", "metrics": {}}, skipped=True)
+    step = run_step("sft", storage, "sft", "sft-test",
+                    lambda work: run_sft(cfg, pretrain, work, "ray_train", "sft-test"))
+    return base, root / "sft" / "hf", step.metrics
 
 
 def test_sft_learns_on_assistant_tokens_and_exports_a_chat_model(base_and_sft):

