@@ -199,7 +199,7 @@ class Storage:
             files = {name: i for name, i in files.items() if name in only}
         key = hashlib.sha1("|".join((self.uri(rel), *only)).encode()).hexdigest()[:16]
         folder = Path(self.cfg.cache_dir or Path(tempfile.gettempdir()) / "raylm-cache") / key
-        target, stamp_file = folder / Path(rel).name, folder / "stamp.json"
+        target, stamp_file = folder / Path(self.path(rel)).name, folder / "stamp.json"
         stamp = json.dumps({name: [i.size, str(i.mtime)] for name, i in sorted(files.items())})
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "lock", "w") as lock:  # workers on one node share the copy: one downloads
@@ -207,8 +207,9 @@ class Storage:
             if stamp_file.is_file() and stamp_file.read_text() == stamp:
                 return target
             stamp_file.unlink(missing_ok=True)
-            shutil.rmtree(target, ignore_errors=True)
-            target.unlink(missing_ok=True) if target.is_file() else None
+            if target.is_dir():
+                shutil.rmtree(target)
+            target.unlink(missing_ok=True)
             for name in files:
                 dest = target / name if name else target
                 dest.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ def test_files_folders_moves_and_local_copies(storage, tmp_path):
     local = storage.local("run/a")
     assert (local / "b.txt").read_text() == "hello" and (local / "c" / "d.bin").read_bytes() == b"\x00\x01"
     assert storage.local("run/a", only=("b.txt",)).joinpath("b.txt").read_text() == "hello"
+    assert (storage.child("run/a").local("") / "b.txt").read_text() == "hello"  # a Storage rooted at a folder
+    assert storage.child("run/a/b.txt").local("").read_text() == "hello"  # ... or at a file
     storage.write_text("run/a/b.txt", "changed")  # a stale cached copy is refreshed
     assert (storage.local("run/a") / "b.txt").read_text() == "changed"
 

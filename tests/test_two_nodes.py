@@ -118,3 +118,27 @@ def test_pipeline_on_two_nodes_with_s3(single_node_kept, sample_files, tmp_path)
 
         kept = pads.dataset(f"{s3.bucket}/runs/drill/data/kept", format="parquet", filesystem=fs)
         assert kept_ids(kept) == single_node_kept
+
+
+def test_pretraining_on_two_nodes_with_a_shared_folder(single_node_kept, sample_files, tmp_path):
+    """The same with a folder mounted into both nodes (an NFS share on a real cluster): the data step, the
+    tokenizer and pretraining with one Ray Train worker per node, every artifact in the shared folder."""
+    shared, local_runs = tmp_path / "shared", Path("/var/tmp") / f"raylm-drill-{tmp_path.name}"
+    (shared / "crawl").mkdir(parents=True)
+    (shared / "crawl" / sample_files[3].name).write_bytes(sample_files[3].read_bytes())
+    with TwoNodeCluster(head_cpus=2, worker_cpus=2, private_dirs=[local_runs], bind_dirs=[shared],
+                        object_store_memory=512 * 2**20) as cluster:
+        overrides = [f"storage.uri={shared}/runs", f"data.input=[{shared}/crawl]", *SHORT,
+                     "pretrain.placement_strategy=STRICT_SPREAD"]
+        args = " ".join(f"-o '{o}'" for o in overrides)
+        steps = " && ".join(f"python jobs/{step}.py --name drill {args}" for step in ("data", "tokenizer", "pretrain"))
+        code, logs = cluster.submit(["bash", "-c", steps], ROOT, RUNTIME_ENV, timeout=900)
+        assert code == 0, logs[-5000:]
+        assert "[ray] joined a cluster of 2 node(s)" in logs
+        assert "node_rank=1" in logs  # the second Ray Train worker ran on the other node
+        run = shared / "runs" / "drill"
+        for step in ("data", "tokenizer", "pretrain"):
+            assert (run / step / "manifest.json").is_file(), step
+        assert (run / "pretrain" / "hf" / "model.safetensors").is_file() and list(run.glob("ray_train/pretrain-*"))
+        assert local_bytes(cluster, local_runs) == []
+        assert kept_ids(pads.dataset(str(run / "data" / "kept"), format="parquet")) == single_node_kept
