@@ -127,19 +127,32 @@ class Run:
         return hold_lock(self.storage, f"{self.cfg.name}/raylm.lock")
 
     @cached_property
-    def _input_listing(self) -> list:
+    def _data_digest(self) -> str:
+        """The data step's digest covers its input files; once they are gone (a crawl deleted after cleaning),
+        a finished data step of the same config stands for them: nothing newer can exist."""
         from raylm.data.readers import find_inputs
 
-        found = find_inputs(self.cfg.data.input, self.cfg.storage, self.cfg.data.listing_base)
-        return [entry for group in found for entry in group.listing]
+        section = self.cfg.data.model_dump()
+        try:
+            found = find_inputs(self.cfg.data.input, self.cfg.storage, self.cfg.data.listing_base)
+        except InputError:
+            done = read_manifest(self.storage, self.rel("data"))
+            if done is None or (done.get("config") or {}).get("section") != section:
+                raise
+            print(f"[data] input {', '.join(self.cfg.data.input)} is gone; using the finished data step", flush=True)
+            return done["config_hash"]
+        listing = [entry for group in found for entry in group.listing]
+        return config_hash({"step": "data", "config": section, "upstream": {}, "inputs": listing})
 
     def digest(self, name: str) -> str:
+        if name == "data":
+            return self._data_digest
         step = GRAPH[name]
         section = step.section(self.cfg)
         upstream = {u: self.digest(u) for u in step.upstream}
         upstream.update({u: self.digest(u) for u in step.optional if self.finished(u)})
         return config_hash({"step": name, "config": section.model_dump() if section is not None else None,
-                            "upstream": upstream, "inputs": self._input_listing if name == "data" else None})
+                            "upstream": upstream})
 
     def result(self, name: str) -> StepResult | None:
         """The step's finished result if it is current (its manifest carries today's digest)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pyarrow.dataset as pads
 import pytest
@@ -67,8 +68,10 @@ SHORT = ["pretrain.steps=20", "pretrain.eval_every=20", "pretrain.checkpoint_eve
 
 
 def test_run_resumes_and_redoes_what_a_change_upstream_touches(ray_session, sample_files, tmp_path, capsys):
-    args = ["run", "--no-serve", "--name", "resume", "-o", f"storage.uri={tmp_path}",
-            "-o", f"data.input=[{sample_files[3]}]"]
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    shutil.copy(sample_files[3], crawl)
+    args = ["run", "--no-serve", "--name", "resume", "-o", f"storage.uri={tmp_path}", "-o", f"data.input=[{crawl}]"]
     for override in SHORT:
         args += ["-o", override]
     assert main(args) == 0
@@ -83,7 +86,8 @@ def test_run_resumes_and_redoes_what_a_change_upstream_touches(ray_session, samp
     assert capsys.readouterr().out.count("already finished") == len(steps)
 
     # a data filter changes: every step below the data step is redone from scratch, nothing is resumed
-    assert main(args + ["-o", "data.filters.gopher_min_doc_words=40"]) == 0
+    changed = args + ["-o", "data.filters.gopher_min_doc_words=40"]
+    assert main(changed) == 0
     redone = {step: json.loads((run / step / "manifest.json").read_text()) for step in steps}
     assert all(redone[s]["config_hash"] != manifests[s]["config_hash"] for s in steps)
     history = json.loads((run / "pretrain" / "history.json").read_text())
@@ -92,6 +96,11 @@ def test_run_resumes_and_redoes_what_a_change_upstream_touches(ray_session, samp
     assert redone["pretrain"]["metrics"]["ray_train_run"] != manifests["pretrain"]["metrics"]["ray_train_run"]
     assert redone["rl"]["metrics"]["restored_from"] is None
     assert not list(tmp_path.glob("resume/*.partial")) and not (run / "raylm.lock").exists()
+
+    shutil.rmtree(crawl)  # the raw crawl deleted after cleaning: the finished data step stands for it
+    capsys.readouterr()
+    assert main(changed) == 0
+    assert capsys.readouterr().out.count("already finished") == len(steps)
 
 
 def test_missing_or_empty_input_fails_cleanly(ray_session, tmp_path, capsys):
