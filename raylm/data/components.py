@@ -4,7 +4,7 @@ MinHash dedup (raylm/data/dedup.py) links near-duplicate documents by verified
 edges; its clusters are the connected components of that graph. At Common Crawl
 scale there are billions of edges, so no process may hold them all: here every
 step is a Ray Data shuffle over the edges, and the driver sees one number per
-step (how many edges the step moved) to decide when to stop.
+round (how many edges the round moved) to decide when to stop.
 
     clusters = connected_components(edges, num_partitions=8)
     # edges: rows (src, dst) of strings
@@ -30,7 +30,7 @@ confirms that nothing moves: a lone pair takes 1 round, a star or clique 2, a
 
 Why this algorithm rather than another:
 - one shuffle per step: the rows are hash-partitioned by node, and a vectorized
-  pyarrow pass per partition does the rest (no joins, no Python per node);
+  pyarrow pass per partition does the rest (no Ray Data join, no Python per node);
 - a step emits at most one edge per edge it reads, so the data never grows
   (hash-to-min can gather a whole component on one node; min-label propagation
   needs joins between labels and edges each round, and as many rounds as the
