@@ -265,9 +265,9 @@ def bench_dedup(num_docs: int, work: Path) -> dict:
     ds = ds.materialize()
     for name, verify in (("raylm", "exact"), ("raylm_verify_signature", "signature"), ("raylm_no_verify", "none")):
         t = time.time()
-        table = minhash_clusters(ds, DedupConfig(verify=verify), num_partitions=NUM_CPUS)
+        table = minhash_clusters(ds, DedupConfig(verify=verify), num_partitions=NUM_CPUS).to_pandas()
         seconds = time.time() - t
-        cluster_of = dict(zip(table.column("id").to_pylist(), table.column("cluster_id").to_pylist()))
+        cluster_of = dict(zip(table["id"], table["cluster_id"]))
         result[name] = {"seconds": seconds, "verify": verify, **score(cluster_of, truth, jac)}
     ray.shutdown()
 

@@ -15,12 +15,13 @@ Fuzzy, FineWeb's recipe (word 5-grams, 14 bands x 8 hashes by default):
    near-duplicate pair), "signature" the MinHash agreement (an estimate, cheaper
    to shuffle), "none" keeps every candidate as FineWeb did. This removes the LSH
    false positives and the chains they create between unrelated clusters.
-4. Connected components over the verified edges (scipy, on the driver: only
-   duplicates have edges) give clusters; the smallest id of each cluster is kept.
+4. Connected components over the verified edges give clusters, on Ray Data too
+   (`raylm.data.components`: large-star/small-star rounds of shuffles; the driver
+   sees one count per round, never an edge); the smallest id of each cluster is kept.
 
     hasher = MinHasher(DedupConfig())
     hasher.signature("some text ...")           # uint32[num_buckets * hashes_per_bucket]
-    clusters = minhash_clusters(ds, DedupConfig(), num_partitions=4)  # pyarrow (id, cluster_id)
+    clusters = minhash_clusters(ds, DedupConfig(), num_partitions=4)  # Dataset of (id, cluster_id)
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray.data
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from raylm.config import DedupConfig
+from raylm.data.components import connected_components
 
 _WORDS = re.compile(r"\w+")
 _CHUNK = 4096  # shingles hashed at once; bounds memory for very long documents
@@ -127,18 +127,6 @@ def _verify(batch: pa.Table, threshold: float, mode: str, ngram_size: int) -> pa
     return batch.select(["src", "dst"]).filter(pa.array(keep, pa.bool_()))
 
 
-def components(src: np.ndarray, dst: np.ndarray) -> pa.Table:
-    """Edges -> (id, cluster_id) for every document with an edge; cluster_id is the smallest id."""
-    if len(src) == 0:
-        return pa.table({"id": pa.array([], pa.string()), "cluster_id": pa.array([], pa.string())})
-    ids, index = np.unique(np.concatenate([src, dst]), return_inverse=True)
-    m = len(src)
-    graph = coo_matrix((np.ones(m, dtype=np.int8), (index[:m], index[m:])), shape=(len(ids), len(ids)))
-    _, labels = connected_components(graph, directed=False)
-    _, first = np.unique(labels, return_index=True)  # ids are sorted: first member = smallest id
-    return pa.table({"id": pa.array(ids, pa.string()), "cluster_id": pa.array(ids[first[labels]], pa.string())})
-
-
 def verify_pairs(edges: ray.data.Dataset, payload: ray.data.Dataset, cfg: DedupConfig,
                  num_partitions: int) -> ray.data.Dataset:
     """Candidate pairs meet the (id, payload) rows of their two documents by joins; dissimilar pairs go.
@@ -158,8 +146,8 @@ def verify_pairs(edges: ray.data.Dataset, payload: ray.data.Dataset, cfg: DedupC
                              batch_format="pyarrow")
 
 
-def minhash_clusters(docs: ray.data.Dataset, cfg: DedupConfig, num_partitions: int) -> pa.Table:
-    """Near-duplicate clusters of a (id, text) dataset, as (id, cluster_id) rows."""
+def near_duplicate_edges(docs: ray.data.Dataset, cfg: DedupConfig, num_partitions: int) -> ray.data.Dataset:
+    """(src, dst) rows: the candidate pairs of a (id, text) dataset, verified as `cfg.verify` says."""
     hasher = MinHasher(cfg)
     sigs = docs.select_columns(["id", "text"]).map_batches(hasher.signature_rows, batch_format="pyarrow")
     sigs = sigs.materialize()  # used twice when pairs are verified by signature
@@ -168,13 +156,12 @@ def minhash_clusters(docs: ray.data.Dataset, cfg: DedupConfig, num_partitions: i
     edges = edges.materialize()
     if cfg.verify != "none" and edges.count():
         edges = verify_pairs(edges, docs if cfg.verify == "exact" else sigs, cfg, num_partitions)
-    src_ids, dst_ids = [], []
-    for batch in edges.iter_batches(batch_format="pyarrow", batch_size=65_536):
-        src_ids.append(batch.column("src").to_numpy(zero_copy_only=False))
-        dst_ids.append(batch.column("dst").to_numpy(zero_copy_only=False))
-    src_ids = np.concatenate(src_ids).astype(str) if src_ids else np.array([], dtype=str)
-    dst_ids = np.concatenate(dst_ids).astype(str) if dst_ids else np.array([], dtype=str)
-    return components(src_ids, dst_ids)
+    return edges
+
+
+def minhash_clusters(docs: ray.data.Dataset, cfg: DedupConfig, num_partitions: int) -> ray.data.Dataset:
+    """Near-duplicate clusters of a (id, text) dataset, as (id, cluster_id) rows (documents with a duplicate only)."""
+    return connected_components(near_duplicate_edges(docs, cfg, num_partitions), num_partitions)
 
 
 def _drop_all_but_first(group: pd.DataFrame) -> pd.DataFrame:

@@ -108,14 +108,13 @@ def run_data(cfg: DataConfig, inputs: list[InputFiles], work: Work) -> dict:
     timings["exact_dedup"] = time.time() - t
 
     t = time.time()
-    clusters = pa.table({"id": pa.array([], pa.string()), "cluster_id": pa.array([], pa.string())})
+    clusters = ray.data.from_arrow(pa.schema([("id", pa.string()), ("cluster_id", pa.string())]).empty_table())
     if cfg.dedup.minhash and kept.count():
         _log(f"3/4 MinHash dedup: {cfg.dedup.ngram_size}-grams, "
              f"{cfg.dedup.num_buckets} bands x {cfg.dedup.hashes_per_bucket} hashes")
-        clusters = minhash_clusters(kept, cfg.dedup, parts)
-    dropped = clusters.filter(pc.not_equal(clusters.column("id"), clusters.column("cluster_id")))
-    if len(dropped):
-        dropped_ids = ray.data.from_arrow(dropped.select(["id"]))
+        clusters = minhash_clusters(kept, cfg.dedup, parts).materialize()
+    dropped_ids = clusters.filter(expr=col("id") != col("cluster_id")).select_columns(["id"]).materialize()
+    if dropped_ids.count():
         near = kept.join(dropped_ids, "left_semi", parts, on=("id",))
         removed.append(_removed_rows(near, "minhash_dedup", "near_duplicate"))
         kept = kept.join(dropped_ids, "left_anti", parts, on=("id",))
@@ -123,8 +122,8 @@ def run_data(cfg: DataConfig, inputs: list[InputFiles], work: Work) -> dict:
 
     t = time.time()
     _log("4/4 PII scrub + write kept/ and removed/")
-    if len(clusters):
-        kept = kept.join(ray.data.from_arrow(clusters), "left_outer", parts, on=("id",))
+    if clusters.count():
+        kept = kept.join(clusters, "left_outer", parts, on=("id",))
     else:
         kept = kept.map_batches(lambda b: b.append_column("cluster_id", pa.nulls(len(b), pa.string())),
                                 batch_format="pyarrow")
