@@ -59,11 +59,10 @@ def app_args(settings: ServeConfig, checkpoint: Storage, search_db: Storage | No
             "search_db": search_db.uri() if search_db else None, "storage": storage}
 
 
-def write_serve_config(settings: ServeConfig, checkpoint: Storage, search_db: Storage | None, out: Storage,
-                       rel: str) -> str:
-    """A config for `serve deploy` / KubeRay's RayService, written to `rel` in storage; returns its URI."""
+def serve_config(settings: ServeConfig, checkpoint: Storage, search_db: Storage | None) -> dict:
+    """The Serve config (`serve deploy`'s schema, a RayService's serveConfigV2) of this deployment."""
     options = deployment_options(settings)
-    document = {
+    return {
         "proxy_location": settings.proxy_location,
         "http_options": {"host": settings.host, "port": settings.port},
         "applications": [{
@@ -74,6 +73,12 @@ def write_serve_config(settings: ServeConfig, checkpoint: Storage, search_db: St
             "deployments": [{"name": "ChatServer", **options}],
         }],
     }
+
+
+def write_serve_config(settings: ServeConfig, checkpoint: Storage, search_db: Storage | None, out: Storage,
+                       rel: str) -> str:
+    """serve_config() written to `rel` in storage, for `serve deploy`; returns its URI."""
+    document = serve_config(settings, checkpoint, search_db)
     header = (f"# raylm serve config, written {time.strftime('%Y-%m-%d %H:%M')}: `serve deploy serve_config.yaml`.\n"
               f"# Replicas read the API key from ${settings.api_key_env}; set it in the cluster's env.\n"
               f"# Serve's throughput mode and HAProxy ingress need RAY_SERVE_THROUGHPUT_OPTIMIZED=1 and\n"
