@@ -8,6 +8,8 @@
     raylm eval --checkpoint runs/tiny/pretrain/hf runs/tiny/sft/hf --json /tmp/eval.json
     raylm chat --checkpoint runs/tiny/sft/hf
     raylm serve [--checkpoint runs/tiny/rl/hf] [--port 8000]   # OpenAI-compatible API + chat page
+    raylm submit --address http://HEAD:8265 run --config cluster --name big   # a Ray job on a cluster
+    raylm jobs list | raylm jobs logs ID --follow | raylm cluster check --address http://HEAD:8265
 
 Every sub-command takes `--config PRESET_OR_FILE` (presets in raylm/configs/) and
 any number of `-o key.path=value` overrides; `raylm config` prints the result.
@@ -219,6 +221,45 @@ def cmd_sample(cfg: RunConfig, args) -> None:
     print()
 
 
+def cmd_submit(cfg: RunConfig, args) -> int:
+    from raylm.submit import submit
+
+    return submit(args.address, args.step, args.args, wait=not args.no_wait)
+
+
+def cmd_jobs(cfg: RunConfig, args) -> int:
+    from raylm import submit
+
+    if args.action == "list":
+        return submit.list_jobs(args.address)
+    if not args.job_id:
+        raise InputError(f"raylm jobs {args.action} needs a job id (raylm jobs list shows them)")
+    if args.action == "logs":
+        return submit.logs(args.address, args.job_id, args.follow)
+    return submit.stop(args.address, args.job_id)
+
+
+def cmd_cluster(cfg: RunConfig, args) -> int:
+    """`raylm cluster check`: in a job on the cluster (with --address), or here when this process is on it."""
+    from raylm.preflight import check_cluster
+    from raylm.submit import submit
+
+    if args.address:
+        forwarded = ["--config", args.config, *(a for o in args.override for a in ("-o", o))]
+        return submit(args.address, "cluster_check", forwarded + (["--name", args.name] if args.name else []))
+    if not on_cluster(cfg):
+        raise InputError("raylm cluster check needs a cluster: --address http://HEAD:8265, or run it on the head")
+    import ray
+
+    ray.init(address=cfg.ray.address, log_to_driver=False)
+    problems = check_cluster(cfg)
+    nodes = len([n for n in ray.nodes() if n["Alive"]])
+    for problem in problems:
+        print(f"[cluster check] {problem}")
+    print(f"[cluster check] {nodes} node(s): " + ("fit to run raylm" if not problems else f"{len(problems)} problem(s)"))
+    return 1 if problems else 0
+
+
 def cmd_run(cfg: RunConfig, args) -> None:
     run = new_run(cfg)
     print(f"raylm run '{cfg.name}': steps {' -> '.join(PIPELINE)} in {run.storage.uri(cfg.name)}")
@@ -292,6 +333,25 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="every step end to end, resuming finished ones; then serves")
     run.add_argument("--no-serve", action="store_true", help="stop after the eval step instead of serving")
     run.set_defaults(fn=cmd_run)
+
+    address = argparse.ArgumentParser(add_help=False)
+    address.add_argument("--address", help="the head's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS)")
+    submit = sub.add_parser("submit", parents=[address], help="run a step (or run) on a cluster as a Ray job",
+                            description="raylm submit [--address URL] [--no-wait] STEP [ARGS...]: uploads this "
+                            "checkout (without runs/ and .venv), streams the job's log, exits with its outcome")
+    submit.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+    submit.add_argument("step", help="a step, run, serve or cluster_check (the files in jobs/)")
+    submit.add_argument("args", nargs=argparse.REMAINDER, help="its arguments, as for `raylm STEP`")
+    submit.set_defaults(fn=cmd_submit, config="tiny", override=[], name=None)
+    jobs = sub.add_parser("jobs", parents=[address], help="list, read or stop jobs on a cluster")
+    jobs.add_argument("action", choices=["list", "logs", "stop"])
+    jobs.add_argument("job_id", nargs="?")
+    jobs.add_argument("--follow", action="store_true", help="logs: stream until the job ends (exit code: its outcome)")
+    jobs.set_defaults(fn=cmd_jobs, config="tiny", override=[], name=None)
+    cluster = sub.add_parser("cluster", parents=[common, address],
+                             help="check that a live cluster can run raylm: versions, storage, GPUs, auth")
+    cluster.add_argument("action", choices=["check"])
+    cluster.set_defaults(fn=cmd_cluster)
     return parser
 
 
@@ -301,11 +361,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.override)
         if args.name:
             cfg.name = args.name
-        args.fn(cfg, args)
+        code = args.fn(cfg, args)
     except (ConfigError, InputError) as err:
         print(f"raylm {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

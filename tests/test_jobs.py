@@ -80,31 +80,55 @@ def ray_head():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_data_job_runs_on_a_real_head(ray_head, tmp_path):
-    """Submitted as a user would, with `ray job submit` (a client of the Job Submission API).
+def raylm(env, *args, timeout=600) -> tuple[int, str]:
+    """The `raylm` command in its own process (Ray caches the auth token per process, and this test
+    process already holds the test session's local Ray)."""
+    run = subprocess.run([str(Path(sys.executable).parent / "raylm"), *args], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    return run.returncode, run.stdout + run.stderr
 
-    The client runs in its own process: Ray caches the auth token per process, and
-    this test process already holds the test session's local Ray.
-    """
+
+def submit_when_ready(env, *args) -> tuple[int, str]:
+    for _ in range(30):  # the head's job agent comes up a few seconds after its HTTP server
+        code, logs = raylm(env, "submit", *args)
+        if "No available agent" not in logs:
+            return code, logs
+        time.sleep(2)
+    return code, logs
+
+
+def test_submit_jobs_and_cluster_check_on_a_real_head(ray_head, tmp_path):
+    """`raylm submit` uploads the checkout, streams the job's log and exits with its outcome; `raylm jobs`
+    lists, reads and stops jobs; `raylm cluster check` passes on a head with token auth."""
     address, env = ray_head
     inputs = tmp_path / "docs.jsonl"
     docs = [{"url": f"https://topics.example/{i}", "text": text} for i, text in enumerate(TOPICS)]
     docs.append({"url": "https://topics.example/copy", "text": TOPICS[0]})
     inputs.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
     out = tmp_path / "clean"
-    runtime_env = {"excludes": [".venv", "runs", ".git", "tests", "benchmarks"]}
 
-    command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
-               "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
-               "python", "jobs/data.py", "--input", str(inputs), "--output", str(out), "-o", "data.num_workers=1"]
-    for _ in range(30):  # the head's job agent comes up a few seconds after its HTTP server
-        submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420)
-        logs = submit.stdout + submit.stderr
-        if "No available agent" not in logs:
-            break
-        time.sleep(2)
-    assert submit.returncode == 0, logs[-3000:]
-    assert "succeeded" in logs.lower()
+    code, logs = submit_when_ready(env, "--address", address, "data", "--input", str(inputs), "--output", str(out),
+                                   "-o", "data.num_workers=1")
+    assert code == 0, logs[-3000:]
+    assert "[data] kept 4 of 5 records" in logs and "SUCCEEDED" in logs  # streamed while it ran
     stats = json.loads((out / "stats.json").read_text())
     assert stats["kept_documents"] == 4 and stats["removed_by_reason"] == {"exact_dedup/exact_duplicate": 1}
-    assert "[data] kept 4 of 5 records" in logs
+    job_id = logs.split("[submit] job ", 1)[1].split(":", 1)[0]
+
+    code, listing = raylm(env, "jobs", "list", "--address", address)
+    assert code == 0 and any(job_id in line and "SUCCEEDED" in line for line in listing.splitlines())
+    code, job_log = raylm(env, "jobs", "logs", job_id, "--address", address)
+    assert code == 0 and "[data] kept 4 of 5 records" in job_log
+
+    code, logs = raylm(env, "submit", "--address", address, "data", "--input", str(tmp_path / "missing"))
+    assert code == 1 and "input path not found" in logs and "FAILED" in logs  # the job's outcome is the exit code
+
+    code, logs = raylm(env, "submit", "--address", address, "--no-wait", "pretrain", "--name", "never")
+    stopped = logs.split("[submit] job ", 1)[1].split(":", 1)[0]
+    assert raylm(env, "jobs", "stop", stopped, "--address", address)[0] == 0
+    code, logs = raylm(env, "jobs", "logs", stopped, "--follow", "--address", address)
+    assert code == 1 and ("STOPPED" in logs or "FAILED" in logs)
+
+    code, logs = raylm(env, "cluster", "check", "--address", address, "-o", f"storage.uri={tmp_path / 'runs'}")
+    assert code == 0, logs[-3000:]
+    assert "[cluster check] 1 node(s): fit to run raylm" in logs

@@ -20,6 +20,7 @@ from pyarrow.fs import FileSelector, FileType
 
 from tests.cluster import S3Server, TwoNodeCluster
 from tests.data.test_pipeline import SHORT
+from tests.test_jobs import raylm
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,10 +92,15 @@ def test_pipeline_on_two_nodes_with_s3(single_node_kept, sample_files, tmp_path)
                                     RUNTIME_ENV)
         assert code != 0 and f"storage {local_runs} is not shared with node {cluster.WORKER_IP}" in logs, logs[-3000:]
         assert "1/4 read + clean" not in logs
+        code, logs = raylm(cluster.env, "cluster", "check", "--address", cluster.address, "-o", f"storage.uri={local_runs}")
+        assert code == 1 and f"node {cluster.WORKER_IP}" in logs and "is not shared" in logs, logs[-3000:]
 
         port = cluster.gcs_port + 50  # in the block of ports the harness reserved, unused by either node
         storage = [f"storage.uri=s3://{s3.bucket}/runs", f"storage.endpoint_override=127.0.0.1:{s3.port}",
                    "storage.scheme=http", "storage.region=us-east-1"]
+        code, logs = raylm(cluster.env, "cluster", "check", "--address", cluster.address,
+                           *(a for o in storage for a in ("-o", o)))
+        assert code == 0 and "[cluster check] 2 node(s): fit to run raylm" in logs, logs[-3000:]
         code, logs = cluster.submit(pipeline_args(storage, f"s3://{s3.bucket}/crawl/", port), ROOT, RUNTIME_ENV,
                                     timeout=1500)
         assert code == 0, logs[-5000:]
