@@ -547,7 +547,8 @@ def test_job_entrypoints_reach_the_head_intact():
     head runs them in a shell where the ConfigMap set it. Then raylm's own CLI must accept them."""
     from raylm.cli import build_parser
 
-    scripts = {p.stem for p in (ROOT / "jobs").glob("*.py")} - {"_entry", "serve"}  # serve: the RayService
+    # serve: the RayService; cluster_check: run against a live cluster (raylm cluster check --address)
+    scripts = {p.stem for p in (ROOT / "jobs").glob("*.py")} - {"_entry", "serve", "cluster_check"}
     assert {job["metadata"]["name"].removeprefix("raylm-") for job in docs("RayJob")} == scripts
     for job in docs("RayJob"):
         submitted = subprocess.list2cmdline(shell_words(job["spec"]["entrypoint"], {}))
