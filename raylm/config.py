@@ -219,6 +219,7 @@ class RlConfig(Strict):
     eval_per_family: int = Field(200, ge=1)
     eval_seed: int = Field(4321, description="held-out tasks, another seed than training and SFT")
     checkpoint_every: int = Field(20, ge=1)
+    max_failures: int = Field(2, ge=0, description="actor deaths survived by restarting from the saved state")
     seed: int = 0
 
 

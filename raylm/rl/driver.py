@@ -84,7 +84,10 @@ def plot_rewards(history: list[dict], path: Path) -> None:
 
 
 def run_rl(cfg: RlConfig, sft: StepResult, work: Work, state_rel: str) -> dict:
-    """`state_rel`: the learner's state file in storage (keyed by this step's digest)."""
+    """`state_rel`: the learner's state file in storage (keyed by this step's digest).
+
+    If an actor dies (its node went away), the learner and the rollout pool are started again and the
+    run continues from the last saved state, up to `rl.max_failures` times."""
     import ray
 
     storage, policy = work.storage, f"{sft.rel}/hf"
@@ -94,10 +97,40 @@ def run_rl(cfg: RlConfig, sft: StepResult, work: Work, state_rel: str) -> dict:
     if unknown:
         raise ConfigError(f"rl.families: unknown {unknown}; known: {', '.join(families())}")
     eval_tasks = generate_tasks({f: cfg.eval_per_family for f in cfg.families}, cfg.eval_seed)
-    learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=cfg.learner_gpus).remote(
-        storage, policy, cfg, chat.tok.token_to_id("<|pad|>"))
-    pool = RolloutPool(cfg.engine, storage, policy, cfg.num_rollout_workers, [chat.im_end], cfg.rollout_cpus,
-                       cfg.rollout_gpus, cfg.kv_cache_gib, cfg.seed)
+    failures = 0
+    while True:
+        learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=cfg.learner_gpus).remote(
+            storage, policy, cfg, chat.tok.token_to_id("<|pad|>"))
+        pool = RolloutPool(cfg.engine, storage, policy, cfg.num_rollout_workers, [chat.im_end], cfg.rollout_cpus,
+                           cfg.rollout_gpus, cfg.kv_cache_gib, cfg.seed)
+        try:
+            start, history = train(cfg, learner, pool, chat, reward, eval_tasks, state_rel)
+            ray.get(learner.export.remote(f"{work.rel}/hf", policy))
+            break
+        except ray.exceptions.RayActorError as err:
+            failures += 1
+            if failures > cfg.max_failures:
+                raise
+            print(f"[rl] an actor died ({type(err).__name__}); restarting from the last saved state "
+                  f"({failures}/{cfg.max_failures})", flush=True)
+        finally:
+            pool.shutdown()
+            ray.kill(learner)
+    (work.local / "history.json").write_text(json.dumps(history, indent=1))
+    plot_rewards(history, work.local / "reward.png")
+    first, last = history[0], history[-1]
+    gains = {k: last[k] - first[k] for k in last if k.startswith("pass@1/") and k in first}
+    print("[rl] held-out pass@1 change: " + ", ".join(f"{k[7:]} {100 * v:+.0f} pts" for k, v in gains.items()),
+          flush=True)
+    return {"steps": cfg.steps, "restored_from": start or None, "actor_failures": failures, "engine": pool.engine,
+            "final": last, "start": first, "pass_at_1_gain": gains}
+
+
+def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, eval_tasks: list[Task],
+          state_rel: str) -> tuple[int, list[dict]]:
+    """The GRPO loop from the last saved state; returns (the step it started from, the whole history)."""
+    import ray
+
     start, history = ray.get(learner.restore.remote(state_rel))
     if start:
         print(f"[rl] restored from step {start}", flush=True)
@@ -145,16 +178,7 @@ def run_rl(cfg: RlConfig, sft: StepResult, work: Work, state_rel: str) -> dict:
         print(f"[rl] step {done}/{cfg.steps} " + _fmt(metrics), flush=True)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             ray.get(learner.save.remote(state_rel, history))
-    pool.shutdown()
-    ray.get(learner.export.remote(f"{work.rel}/hf", policy))
-    (work.local / "history.json").write_text(json.dumps(history, indent=1))
-    plot_rewards(history, work.local / "reward.png")
-    first, last = history[0], history[-1]
-    gains = {k: last[k] - first[k] for k in last if k.startswith("pass@1/") and k in first}
-    print("[rl] held-out pass@1 change: " + ", ".join(f"{k[7:]} {100 * v:+.0f} pts" for k, v in gains.items()),
-          flush=True)
-    return {"steps": cfg.steps, "restored_from": start or None, "engine": pool.engine, "final": last,
-            "start": first, "pass_at_1_gain": gains}
+    return start, history
 
 
 def _fmt(m: dict) -> str:

@@ -63,3 +63,38 @@ def test_custom_reward_resume_and_export(ray_session, policy, tmp_path):
     for bad in ("tests.rl.test_rl", "tests.rl.nowhere:f", "tests.rl.test_rl:missing"):
         with pytest.raises(ConfigError, match="rl.reward"):
             rl(cfg.model_copy(update={"reward": bad}), "c", "other/state.pt")
+
+
+def test_a_dead_learner_is_restarted_from_the_saved_state(ray_session, policy):
+    """The learner's process dies mid-run (as it would with its node): the step goes on from the saved state."""
+    import threading
+    import time
+
+    import psutil
+
+    from raylm.rl.driver import run_rl
+
+    cfg = RlConfig(engine="torch", families=["compare"], steps=5, prompts_per_step=2, group_size=2,
+                   max_new_tokens=6, eval_every=5, eval_per_family=2, checkpoint_every=1, rollout_cpus=1,
+                   learner_cpus=1)
+    storage = Storage(StorageConfig(uri=str(policy)))
+    sft = StepResult(storage, "sft", {"config_hash": "sft", "metrics": {}}, skipped=True)
+    result: dict = {}
+
+    def rl():
+        result.update(run_step("rl", storage, "killed", "k", lambda work: run_rl(cfg, sft, work, "k/state.pt")).metrics)
+
+    thread = threading.Thread(target=rl)
+    thread.start()
+    deadline = time.time() + 300
+    while not (policy / "k" / "state.pt").is_file():  # killed only once a state was saved
+        assert thread.is_alive() and time.time() < deadline, "no state was saved"
+        time.sleep(0.2)
+    learners = [p for p in psutil.process_iter(["cmdline"]) if "ray::Learner" in " ".join(p.info["cmdline"] or [])]
+    assert learners, "no learner process found"
+    learners[0].kill()
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    assert result["actor_failures"] == 1 and result["restored_from"] >= 1
+    history = json.loads((policy / "killed" / "history.json").read_text())
+    assert [m["step"] for m in history] == [0, 1, 2, 3, 4, 5]  # every step once: nothing lost, nothing redone
