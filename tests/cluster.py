@@ -200,16 +200,11 @@ class TwoNodeCluster:
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         try:
             self._start_head(base, base + 100)
-            self._start_worker(base + 10, base + 250)
+            self._worker_ports = (base + 10, base + 250)
+            self._start_worker(*self._worker_ports)
             _wait(lambda: _answers(self.address + "/api/version"), self.head, Path(self.root, "head.log"),
                   self.start_timeout)
-            deadline = time.time() + self.start_timeout
-            while len(self.nodes(timeout=max(1.0, deadline - time.time()))) < 2:
-                if self.worker.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"worker node did not join:\n{self.log('worker')[-3000:]}")
-                time.sleep(1)
-            self.worker_namespace = os.readlink(f"/proc/{self.worker.pid}/ns/mnt")
-            assert self.worker_namespace != os.readlink("/proc/self/ns/mnt")
+            self._wait_for_worker()
         except BaseException:
             self.close()
             raise
@@ -285,6 +280,27 @@ class TwoNodeCluster:
                 proc.wait(timeout=10)  # reap them
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def _wait_for_worker(self, replaced: str | None = None) -> None:
+        """Until a worker node other than `replaced` (a node id) is alive."""
+        deadline = time.time() + self.start_timeout
+        while not any(n["node_ip"] == self.WORKER_IP and n["node_id"] != replaced
+                      for n in self.nodes(timeout=max(1.0, deadline - time.time()))):
+            if self.worker.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"worker node did not join:\n{self.log('worker')[-3000:]}")
+            time.sleep(1)
+        self.worker_namespace = os.readlink(f"/proc/{self.worker.pid}/ns/mnt")
+        assert self.worker_namespace != os.readlink("/proc/self/ns/mnt")
+
+    def replace_worker(self) -> float:
+        """SIGKILL the worker node (kill_worker) and start a fresh one, as Kubernetes replaces a pod that
+        died; returns the seconds until the new node had joined."""
+        old = next(n["node_id"] for n in self.nodes() if n["node_ip"] == self.WORKER_IP)
+        self.kill_worker()
+        started = time.time()
+        self._start_worker(*self._worker_ports)
+        self._wait_for_worker(replaced=old)
+        return time.time() - started
+
     def kill_worker(self) -> None:
         """SIGKILL everything on the worker node (its mount namespace), as a crash would; the head
         marks the node dead once its health checks give up (about 15 s)."""
@@ -337,6 +353,33 @@ class TwoNodeCluster:
             if "No available agent" not in logs or time.time() > deadline:
                 return run.returncode, logs
             time.sleep(2)
+
+    def submit_nowait(self, entrypoint: list[str], working_dir, runtime_env: dict | None = None) -> str:
+        """`ray job submit --no-wait`; returns the job's submission id."""
+        command = [str(BIN / "ray"), "job", "submit", "--no-wait", "--address", self.address,
+                   "--working-dir", str(working_dir)]
+        if runtime_env:
+            command += ["--runtime-env-json", json.dumps(runtime_env)]
+        deadline = time.time() + 120
+        while True:
+            run = subprocess.run(command + ["--", *entrypoint], env=self.env, capture_output=True, text=True,
+                                 timeout=300)
+            logs = run.stdout + run.stderr
+            if "No available agent" not in logs or time.time() > deadline:
+                break
+            time.sleep(2)
+        assert run.returncode == 0, logs[-3000:]
+        return logs.split("Job '", 1)[1].split("'", 1)[0]
+
+    def job(self, job_id: str) -> tuple[str, str]:
+        """(status, logs so far) of a job, from the Job Submission REST API."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        with urllib.request.urlopen(urllib.request.Request(f"{self.address}/api/jobs/{job_id}", headers=headers),
+                                    timeout=30) as response:
+            status = json.load(response)["status"]
+        with urllib.request.urlopen(urllib.request.Request(f"{self.address}/api/jobs/{job_id}/logs",
+                                                           headers=headers), timeout=30) as response:
+            return status, json.load(response)["logs"]
 
     def pids(self) -> dict[int, str]:
         """Every live process of this cluster (pid: start time): the nodes' descendants, and any
