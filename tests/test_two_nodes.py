@@ -38,7 +38,7 @@ RUNTIME_ENV = {"excludes": [".venv", "runs", ".git", "tests", "benchmarks", "*.p
 STEPS = ["data", "search", "tokenizer", "pretrain", "sft", "rl", "eval"]
 # one of each kind of actor per node: a node holds 2 CPUs, each of these asks for more than half
 PLACEMENT = ["data.num_workers=2", "data.worker_cpus=1.5", "pretrain.placement_strategy=STRICT_SPREAD",
-             "pretrain.steps=60", "pretrain.checkpoint_every=10", "pretrain.eval_every=60",
+             "pretrain.steps=150", "pretrain.checkpoint_every=10", "pretrain.eval_every=150",
              "sft.placement_strategy=STRICT_SPREAD", "rl.steps=6", "rl.checkpoint_every=1", "rl.learner_cpus=1.5",
              "serve.engine=torch", "serve.host=127.0.0.1", "serve.proxy_location=HeadOnly", "serve.replica_cpus=1.5",
              "serve.autoscaling={min_replicas: 2, max_replicas: 2}"]
@@ -178,7 +178,7 @@ def test_pipeline_on_two_nodes_with_s3_and_faults(single_node_kept, sample_files
             lambda logs: any(p.startswith("ray_train/pretrain-") and "checkpoint_" in p for p in stored()))
         history = json.loads(fs.open_input_stream(f"{runs}/pretrain/history.json").read())
         restored = [m["restored_from"] for m in history if m["restored_from"] is not None]
-        assert restored and history[-1]["step"] == 60, history  # resumed from a checkpoint, ended where it should
+        assert restored and history[-1]["step"] == 150, history  # resumed from a checkpoint, ended where it should
         figures["pretrain_restored_from"] = restored[0]
         before = logs.split("restored from checkpoint")[0]  # the steps logged before the failure
         logged = [int(x.split("/")[0]) for x in re.findall(r"\[pretrain\] step (\d+/\d+)", before)]
