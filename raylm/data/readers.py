@@ -155,6 +155,23 @@ def find_inputs(paths: list[str]) -> dict[str, list[str]]:
 
 
 READ_CPUS = 0.25  # reading is a small share of the work next to extraction and filtering
+CPUS_PER_READER = 32  # one WARC read task (about 2,000 pages/s) feeds this many cleaning cores
+BLOCK_BYTES = 1 << 20  # of decoded HTML per read block
+GZIP_RATIO = 5  # decoded / compressed size of a WARC.gz of HTML pages (4.9 for the large-page benchmark crawl)
+
+
+def warc_blocks(paths: list[str]) -> int:
+    """Read blocks for local WARC files: one per BLOCK_BYTES of HTML (-1, Ray's choice, for remote ones).
+
+    Ray sizes blocks from the compressed file size and the cleaning actors take
+    whole blocks, so a file would reach them as a few blocks of a hundred pages or
+    more, and at the end of a run one actor works through its last block while the
+    other waits.
+    """
+    if any("://" in path for path in paths):
+        return -1
+    decoded = sum(Path(p).stat().st_size * (GZIP_RATIO if p.endswith(".gz") else 1) for p in paths)
+    return max(len(paths), -(-decoded // BLOCK_BYTES))
 
 
 def read_documents(paths: list[str], rows_per_block: int = 256) -> ray.data.Dataset:
@@ -162,8 +179,12 @@ def read_documents(paths: list[str], rows_per_block: int = 256) -> ray.data.Data
     found = find_inputs(paths)
     parts = []
     if found["warc"]:
+        # few read tasks at once: each runs in a worker process of its own, and on a small
+        # machine starting those costs more CPU than the reading
+        readers = max(1, int(ray.cluster_resources().get("CPU", 1)) // CPUS_PER_READER)
         parts.append(ray.data.read_datasource(WarcDatasource(found["warc"], rows_per_block=rows_per_block),
-                                              num_cpus=READ_CPUS))
+                                              num_cpus=READ_CPUS, concurrency=readers,
+                                              override_num_blocks=warc_blocks(found["warc"])))
     if found["json"]:
         parts.append(ray.data.read_json(found["json"], lines=True, num_cpus=READ_CPUS).map_batches(
             _to_documents, batch_format="pyarrow", num_cpus=READ_CPUS))
