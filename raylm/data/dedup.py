@@ -1,7 +1,8 @@
 """Exact and fuzzy (MinHash-LSH) deduplication on Ray Data.
 
 Exact: documents sharing a content hash (case/whitespace-normalized sha1) are grouped
-by a Ray Data groupby (a distributed shuffle); all but the smallest id are dropped.
+(in the driver up to 200 K documents, else by a Ray Data groupby, a distributed
+shuffle); all but the smallest id are dropped.
 
 Fuzzy, FineWeb's recipe (word 5-grams, 14 bands x 8 hashes by default):
 1. `MinHasher.signature_rows`: per batch, each document's MinHash signature (a
@@ -32,7 +33,9 @@ import mmh3
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray.data
+from ray.data.expressions import col
 
 from raylm.config import DedupConfig
 from raylm.data.components import connected_components
@@ -168,7 +171,27 @@ def _drop_all_but_first(group: pd.DataFrame) -> pd.DataFrame:
     return group.sort_values("id").iloc[1:]
 
 
+# Up to this many documents the driver groups the hashes (about 100 bytes each, 20 MB at most): a fixed bound,
+# so nothing on the driver grows with the corpus beyond it.
+EXACT_LOCAL_ROWS = 200_000
+
+
 def exact_duplicates(docs: ray.data.Dataset, num_partitions: int) -> ray.data.Dataset:
-    """Rows (id, url, num_chars) of documents whose content hash an earlier (smaller) id has."""
-    return docs.select_columns(["id", "url", "num_chars", "content_hash"]).groupby(
-        "content_hash", num_partitions=num_partitions).map_groups(_drop_all_but_first, batch_format="pandas")
+    """Rows (id, url, num_chars) of documents whose content hash an earlier (smaller) id has.
+
+    Up to EXACT_LOCAL_ROWS documents, their (id, content_hash) pairs are grouped in the
+    driver with pyarrow and the duplicates picked by a filter: a Ray Data groupby is a
+    hash shuffle that starts its aggregator actors (a Python process each, seconds of
+    CPU) whatever the data size. Larger inputs take the groupby.
+    """
+    docs = docs.select_columns(["id", "url", "num_chars", "content_hash"])
+    if docs.count() > EXACT_LOCAL_ROWS:  # free on a materialized dataset, as the pipeline's is
+        return docs.groupby("content_hash", num_partitions=num_partitions).map_groups(
+            _drop_all_but_first, batch_format="pandas")
+    pairs = pa.concat_tables([pa.table({"id": pa.array([], pa.string()), "content_hash": pa.array([], pa.string())})] + [
+        batch for batch in docs.select_columns(["id", "content_hash"]).iter_batches(batch_format="pyarrow",
+                                                                                   batch_size=None)])
+    first = pairs.group_by("content_hash", use_threads=False).aggregate([("id", "min")])
+    pairs = pairs.join(first, "content_hash")
+    duplicates = pairs.filter(pc.not_equal(pairs.column("id"), pairs.column("id_min"))).column("id")
+    return docs.filter(expr=col("id").is_in(duplicates.to_pylist()))

@@ -192,7 +192,7 @@ def find_inputs(paths: list[str], storage_cfg: StorageConfig | None = None,
             kind = _kind(item.path) if item.type.name == "File" else None
             if kind:
                 files[kind].append(item.path)
-                listing.append((storage.uri() if item is info else item.path, item.size, str(item.mtime)))
+                listing.append((item.path, item.size, str(item.mtime)))
         found.append(InputFiles(storage, files, listing))
     if not any(group.files[kind] for group in found for kind in KINDS):
         raise InputError(f"no WARC, JSONL or parquet files under: {', '.join(paths)}")
@@ -200,6 +200,26 @@ def find_inputs(paths: list[str], storage_cfg: StorageConfig | None = None,
 
 
 READ_CPUS = 0.25  # reading is a small share of the work next to extraction and filtering
+CPUS_PER_READER = 32  # one WARC read task (about 2,000 pages/s) feeds this many cleaning cores
+BLOCK_BYTES = 1 << 20  # of decoded HTML per read block
+GZIP_RATIO = 5  # decoded / compressed size of a WARC.gz of HTML pages (4.9 for the large-page benchmark crawl)
+
+
+def warc_blocks(group: InputFiles) -> int:
+    """Read blocks for the WARC files: one per BLOCK_BYTES of HTML (-1, Ray's choice, for the files of a
+    Common Crawl listing, whose sizes would cost a request each).
+
+    Ray sizes blocks from the compressed file size and the cleaning actors take
+    whole blocks, so a file would reach them as a few blocks of a hundred pages or
+    more, and at the end of a run one actor works through its last block while the
+    other waits.
+    """
+    sizes = {path: size for path, size, _ in group.listing}
+    paths = group.files["warc"]
+    if not all(p in sizes for p in paths):
+        return -1
+    decoded = sum(sizes[p] * (GZIP_RATIO if p.endswith(".gz") else 1) for p in paths)
+    return max(len(paths), -(-decoded // BLOCK_BYTES))
 
 
 def read_documents(inputs: list[InputFiles], rows_per_block: int = 256) -> ray.data.Dataset:
@@ -208,8 +228,12 @@ def read_documents(inputs: list[InputFiles], rows_per_block: int = 256) -> ray.d
     for group in inputs:
         fs, files = group.storage.fs, group.files
         if files["warc"]:
+            # few read tasks at once: each runs in a worker process of its own, and on a small
+            # machine starting those costs more CPU than the reading
+            readers = max(1, int(ray.cluster_resources().get("CPU", 1)) // CPUS_PER_READER)
             parts.append(ray.data.read_datasource(
-                WarcDatasource(files["warc"], rows_per_block=rows_per_block, filesystem=fs), num_cpus=READ_CPUS))
+                WarcDatasource(files["warc"], rows_per_block=rows_per_block, filesystem=fs), num_cpus=READ_CPUS,
+                concurrency=readers, override_num_blocks=warc_blocks(group)))
         if files["json"]:
             # Arrow's JSON reader reads newline-delimited JSON (Ray's lines=True reader refuses a filesystem)
             parts.append(ray.data.read_json(files["json"], filesystem=fs, num_cpus=READ_CPUS)

@@ -57,3 +57,21 @@ def test_minhash_finds_planted_near_duplicates(ray_session):
     for a, b in pairs:  # every planted pair is one cluster, represented by the original
         assert clusters.get(a) == a and clusters.get(b) == a
     assert set(clusters) == {doc for pair in pairs for doc in pair}  # distinct documents are untouched
+
+
+def test_exact_duplicates_local_path_matches_groupby(ray_session, monkeypatch):
+    """The driver-side grouping (small inputs) drops the same documents as the distributed groupby."""
+    import ray.data
+
+    from raylm.data import dedup
+
+    rng = random.Random(2)
+    rows = [{"id": f"d{i:04d}", "url": f"https://a.example/{i}", "num_chars": i, "content_hash": f"h{rng.randint(0, 60)}"}
+            for i in range(300)]
+    rng.shuffle(rows)
+    docs = ray.data.from_items(rows, override_num_blocks=3).materialize()
+    local = sorted(r["id"] for r in dedup.exact_duplicates(docs, 2).take_all())
+    monkeypatch.setattr(dedup, "EXACT_LOCAL_ROWS", 0)
+    shuffled = sorted(r["id"] for r in dedup.exact_duplicates(docs, 2).take_all())
+    assert local == shuffled and len(local) == 300 - len({r["content_hash"] for r in rows})
+    assert not dedup.exact_duplicates(docs.limit(0).materialize(), 2).take_all()
