@@ -1,9 +1,11 @@
 """raylm's faster filter pieces decide exactly as datatrove's own classes, on real pages.
 
 Texts: every third page of the bundled sample crawl (prose, code-heavy Python docs,
-other languages, duplicates, link lists) and, once benchmarks/large_pages.py has built
-it, every fifteenth page of the large-page crawl. They are extracted with resiliparse to stay
-quick: which extractor made a text does not matter to the filters.
+other languages, duplicates, link lists), and large pages: every fifteenth page of the
+large-page crawl when benchmarks/large_pages.py has built it, else the sample's pages
+joined six at a time (10-20 K characters each, the size where the n-gram statistics
+differ most). They are extracted with resiliparse to stay quick: which extractor made a
+text does not matter to the filters.
 """
 
 from __future__ import annotations
@@ -34,12 +36,18 @@ def crawl_rows(folder: Path, every: int = 1) -> list[dict]:
     return rows[::every]
 
 
+def extracted(rows: list[dict]) -> list[str]:
+    return [t for t in (extract_text(r["html"], "resiliparse") for r in rows if r["html"]) if t]
+
+
 @pytest.fixture(scope="module", params=["sample", "large"])
 def texts(request) -> list[str]:
-    if request.param == "large" and not LARGE_CRAWL.is_dir():
-        pytest.skip("the large-page crawl is not built (python benchmarks/large_pages.py)")
-    rows = crawl_rows(SAMPLE_CRAWL, every=3) if request.param == "sample" else crawl_rows(LARGE_CRAWL, every=15)
-    return [t for t in (extract_text(r["html"], "resiliparse") for r in rows if r["html"]) if t]
+    if request.param == "sample":
+        return extracted(crawl_rows(SAMPLE_CRAWL, every=3))
+    if LARGE_CRAWL.is_dir():
+        return extracted(crawl_rows(LARGE_CRAWL, every=15))
+    pages = extracted(crawl_rows(SAMPLE_CRAWL, every=5))
+    return ["\n\n".join(pages[i:i + 6]) for i in range(0, len(pages), 6)]
 
 
 def decide(filter_, text: str) -> tuple:
