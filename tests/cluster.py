@@ -441,3 +441,12 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def record(path: Path, drill: str, measures: dict) -> None:
+    """Append one run's measures to the drill's list in the JSON file at `path` (the last 10 runs are kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    runs = data.get(drill, [])[-9:]
+    data[drill] = [*runs, {"at": time.strftime("%Y-%m-%d %H:%M:%S"), **measures}]
+    path.write_text(json.dumps(data, indent=2) + "\n")

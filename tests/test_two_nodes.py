@@ -28,7 +28,7 @@ import pyarrow.dataset as pads
 import pytest
 from pyarrow.fs import FileSelector, FileType
 
-from tests.cluster import S3Server, TwoNodeCluster
+from tests.cluster import S3Server, TwoNodeCluster, record
 from tests.data.test_pipeline import SHORT
 from tests.test_jobs import raylm
 
@@ -216,6 +216,7 @@ def test_pipeline_on_two_nodes_with_s3_and_faults(single_node_kept, sample_files
         assert local_bytes(cluster, local_runs) == []
         assert not [p for p in Path(cluster.root).rglob("runs") if any(p.iterdir())]
     print(f"\n[drill] {json.dumps(figures)}")
+    record(ROOT / "benchmarks" / "out" / "cluster_drills.json", "faults", figures)
 
 
 def test_pretraining_on_two_nodes_with_a_shared_folder(single_node_kept, sample_files, tmp_path):
