@@ -17,11 +17,19 @@ def quiet_worker_logs() -> None:
 
     Ray Train's placement-group cleaner asks the state API, which lives in the
     dashboard, whether the controller is alive, and warns every second when
-    there is no dashboard (a local Ray here starts none): noise, not news.
+    there is no dashboard (a local Ray here starts none): noise, not news. Each
+    Ray Train worker also logs every report with all its metrics at INFO ("Reporting
+    training result N: ..."), twice per report on two workers; raylm prints its own
+    progress line. That logger is named by its file's path, built here without
+    importing Ray Train into every worker.
     """
     import logging
 
+    import ray
+
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    context = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
+    logging.getLogger(context).setLevel(logging.WARNING)
 
 
 def local_ray_env() -> dict[str, str]:

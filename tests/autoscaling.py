@@ -53,7 +53,7 @@ import yaml
 from ray._private import parameter
 from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
 
-from tests.cluster import BIN, MARKER, _alive, _answers, _free_port_block, _kill, _listens, _processes, _wait
+from tests.cluster import BIN, MARKER, _answers, _free_port_block, _listens, _wait, cluster_pids, kill_until_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "cluster" / "raycluster.yaml"
@@ -300,28 +300,8 @@ class FakeCluster:
     def pids(self) -> dict[int, str]:
         """Every live process of this cluster (pid: start time): the head's group, the fake nodes' raylets
         and everything they started (marked by the environment or by the session dir on the command line)."""
-        table = _processes()
-        needle, roots = f"{MARKER}={self.root}\0".encode(), set()
-        if self.head is not None and self.head.poll() is None:
-            roots.add(self.head.pid)
-        for pid in table:
-            try:
-                proc = Path(f"/proc/{pid}")
-                if pid != os.getpid() and (needle in (proc / "environ").read_bytes()
-                                           or self.root.encode() in (proc / "cmdline").read_bytes()):
-                    roots.add(pid)
-            except OSError:  # gone meanwhile, or not ours to read
-                pass
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        found, todo = {}, list(roots)
-        while todo:
-            pid = todo.pop()
-            if pid in table and pid not in found:
-                found[pid] = table[pid][1]
-                todo += children.get(pid, [])
-        return found
+        return cluster_pids({self.head.pid} if self.head is not None and self.head.poll() is None else set(),
+                            self.root)
 
     def close(self, grace: float = 3) -> None:
         """SIGTERM the head's group, and after `grace` seconds SIGKILL every process of the cluster still there."""
@@ -334,13 +314,7 @@ class FakeCluster:
                 self.head.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 pass
-        deadline = time.time() + 15
-        while doomed := _alive({**doomed, **self.pids()}):
-            for pid in doomed:
-                _kill(pid)
-            if time.time() > deadline:
-                raise RuntimeError(f"cluster processes survived SIGKILL: {sorted(doomed)}")
-            time.sleep(0.2)
+        kill_until_gone(doomed, self.pids)
         for proc in (self.sampler, self.head):
             if proc is not None:
                 proc.wait(timeout=10)  # reap them

@@ -268,13 +268,7 @@ class TwoNodeCluster:
         deadline = time.time() + grace
         while any(p is not None and p.poll() is None for p in (self.worker, self.head)) and time.time() < deadline:
             time.sleep(0.2)
-        deadline = time.time() + 15
-        while doomed := _alive({**doomed, **self.pids()}):
-            for pid in doomed:
-                _kill(pid)
-            if time.time() > deadline:
-                raise RuntimeError(f"cluster processes survived SIGKILL: {sorted(doomed)}")
-            time.sleep(0.2)
+        kill_until_gone(doomed, self.pids)
         for proc in (self.worker, self.head):
             if proc is not None:
                 proc.wait(timeout=10)  # reap them
@@ -384,25 +378,7 @@ class TwoNodeCluster:
     def pids(self) -> dict[int, str]:
         """Every live process of this cluster (pid: start time): the nodes' descendants, and any
         orphan with the cluster's marker in its environment (a job driver starts its own session)."""
-        table = _processes()
-        needle = f"{MARKER}={self.root}\0".encode()
-        roots = {p.pid for p in (self.head, self.worker) if p is not None and p.poll() is None}
-        for pid in table:
-            try:
-                if pid != os.getpid() and needle in Path(f"/proc/{pid}/environ").read_bytes():
-                    roots.add(pid)
-            except OSError:  # gone meanwhile
-                pass
-        children: dict[int, list[int]] = {}  # Ray's setproctitle can clobber environ: follow parents too
-        for pid, (ppid, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        found, todo = {}, list(roots)
-        while todo:
-            pid = todo.pop()
-            if pid in table and pid not in found:
-                found[pid] = table[pid][1]
-                todo += children.get(pid, [])
-        return found
+        return cluster_pids({p.pid for p in (self.head, self.worker) if p is not None and p.poll() is None}, self.root)
 
     def worker_pids(self) -> dict[int, str]:
         """Every process in the worker node's mount namespace (pid: start time)."""
@@ -441,6 +417,44 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def cluster_pids(roots: set[int], root: str) -> dict[int, str]:
+    """Live processes (pid: start time) of the test cluster whose folder is `root`: `roots`, every
+    process with MARKER=root in its environment or `root` on its command line (a session dir), and
+    their descendants (Ray's setproctitle can clobber environ: parents are followed too)."""
+    table = _processes()
+    needle = f"{MARKER}={root}\0".encode()
+    roots = set(roots)
+    for pid in table:
+        try:
+            proc = Path(f"/proc/{pid}")
+            if pid != os.getpid() and (needle in (proc / "environ").read_bytes()
+                                       or root.encode() in (proc / "cmdline").read_bytes()):
+                roots.add(pid)
+        except OSError:  # gone meanwhile, or not ours to read
+            pass
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = {}, list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in table and pid not in found:
+            found[pid] = table[pid][1]
+            todo += children.get(pid, [])
+    return found
+
+
+def kill_until_gone(doomed: dict[int, str], find, timeout: float = 15) -> None:
+    """SIGKILL `doomed` and whatever find() turns up, until none of them is alive."""
+    deadline = time.time() + timeout
+    while doomed := _alive({**doomed, **find()}):
+        for pid in doomed:
+            _kill(pid)
+        if time.time() > deadline:
+            raise RuntimeError(f"cluster processes survived SIGKILL: {sorted(doomed)}")
+        time.sleep(0.2)
 
 
 def record(path: Path, drill: str, measures: dict) -> None:

@@ -175,8 +175,10 @@ def test_pipeline_on_two_nodes_with_s3_and_faults(single_node_kept, sample_files
 
         logs, figures["pretrain_rejoin_s"] = run_with_a_fault(
             cluster, ["bash", "-c", " && ".join(" ".join(f"'{w}'" for w in job(s)) for s in ("search", "tokenizer", "pretrain"))],
-            # the first checkpoint is in storage: the kill lands with most of the 300 steps still to run
-            lambda logs: any(p.startswith("ray_train/pretrain-") and "checkpoint_" in p for p in stored("ray_train")))
+            # a checkpoint is registered (Ray Train writes its checkpoint manager's snapshot then; a checkpoint
+            # folder alone may still be uploading, and a kill then restarts from step 0)
+            lambda logs: any(p.startswith("ray_train/pretrain-") and p.endswith("/checkpoint_manager_snapshot.json")
+                             for p in stored("ray_train")))
         history = json.loads(fs.open_input_stream(f"{runs}/pretrain/history.json").read())
         restored = [m["restored_from"] for m in history if m["restored_from"] is not None]
         # resumed from a checkpoint, ended where it should
