@@ -26,6 +26,10 @@ from raylm.storage import Storage
 TIMEOUT_S = 120
 
 
+def _one_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}".splitlines()[0][:160]
+
+
 def _where(node: dict) -> str:
     return f"node {node['NodeManagerAddress']} ({node['NodeID'][:12]})"
 
@@ -37,7 +41,7 @@ def _probe(storage: Storage, folder: str, node_id: str) -> str | None:
             return "read a different file than the driver wrote"
         storage.write_text(f"{folder}/{node_id}", node_id)
     except OSError as err:
-        return f"{type(err).__name__}: {err}".splitlines()[0][:160]
+        return _one_line(err)
     return None
 
 
@@ -119,7 +123,7 @@ def _facts_and_write(storage: Storage, folder: str, node_id: str) -> dict:
     try:
         storage.write_text(f"{folder}/{node_id}", node_id)
     except OSError as err:
-        facts["write"] = f"{type(err).__name__}: {err}".splitlines()[0][:160]
+        facts["write"] = _one_line(err)
     return facts
 
 

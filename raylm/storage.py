@@ -116,17 +116,21 @@ class Storage:
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic: readers see the old file or the new one, never half of it."""
+        self._write(rel, lambda out: out.write(data))
+
+    def _write(self, rel: str, fill) -> None:
+        """fill(binary file) writes the content; local: into a temp file renamed into place."""
         path = self.path(rel)
         if self.is_local:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                fill(f)
             os.replace(tmp, path)
             return
         # compression=None: bytes as given (pyarrow would gzip a *.gz name); an object appears whole at the end
         with self.fs.open_output_stream(path, compression=None) as f:
-            f.write(data)
+            fill(f)
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
@@ -177,11 +181,11 @@ class Storage:
         local = Path(local)
         if self.is_local and local.resolve() == Path(self.path(rel)):
             return
-        if local.is_file():
-            self.write_bytes(rel, local.read_bytes())
-            return
-        for file in sorted(p for p in local.rglob("*") if p.is_file()):
-            self.write_bytes(f"{rel}/{file.relative_to(local).as_posix()}", file.read_bytes())
+        files = [(local, rel)] if local.is_file() else [
+            (file, f"{rel}/{file.relative_to(local).as_posix()}") for file in sorted(local.rglob("*")) if file.is_file()]
+        for file, dest in files:  # streamed: a 7B checkpoint's shards are tens of GB
+            with open(file, "rb") as src:
+                self._write(dest, lambda out: shutil.copyfileobj(src, out, length=8 << 20))
 
     def local(self, rel: str, only: tuple[str, ...] = ()) -> Path:
         """A node-local path holding `rel` (file or folder; `only` these files of a folder): the path itself

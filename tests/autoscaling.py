@@ -53,7 +53,8 @@ import yaml
 from ray._private import parameter
 from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
 
-from tests.cluster import BIN, MARKER, _answers, _free_port_block, _listens, _wait, cluster_pids, kill_until_gone
+from tests.cluster import (BIN, MARKER, _answers, _free_port_block, _listens, _wait, cluster_pids, common_env,
+                           kill_until_gone)
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "cluster" / "raycluster.yaml"
@@ -217,9 +218,7 @@ class FakeCluster:
         self.close()
 
     def _client_env(self) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR", MARKER)}
-        return {**base, **self.extra_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
-                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        return common_env(self.token, self.extra_env)
 
     @property
     def env(self) -> dict[str, str]:

@@ -311,9 +311,7 @@ class TwoNodeCluster:
         return {**self._common_env(), "RAY_ADDRESS": self.address}
 
     def _common_env(self) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR", MARKER)}
-        return {**base, **self.extra_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
-                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        return common_env(self.token, self.extra_env)
 
     def log(self, node: str) -> str:
         """What `ray start` printed on `node` ("head" or "worker")."""
@@ -418,6 +416,13 @@ def _kill(pid: int) -> None:
     except ProcessLookupError:
         pass
 
+
+def common_env(token: str, extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a test cluster's processes and clients: this one without another Ray's address,
+    `extra`, token auth with `token`, this venv's bin on PATH."""
+    base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR", MARKER)}
+    return {**base, **extra, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 def cluster_pids(roots: set[int], root: str) -> dict[int, str]:
     """Live processes (pid: start time) of the test cluster whose folder is `root`: `roots`, every
