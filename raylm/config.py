@@ -243,11 +243,18 @@ class ServeConfig(Strict):
     """`raylm serve`: the OpenAI-compatible endpoint on Ray Serve."""
 
     engine: Literal["vllm", "torch"] = Field("vllm", description="replica engine; torch if vLLM is not installed")
-    host: str = "0.0.0.0"
+    host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 to accept other machines (the cluster "
+                      "preset does)")
     port: int = Field(8000, ge=1, le=65535)
     model_name: str = Field("raylm", description="the `model` clients send, listed by /v1/models")
     system_prompt: str | None = Field(None, description="default system message; None: the raylm identity")
-    api_key_env: str = Field("RAYLM_API_KEY", description="env var holding the bearer token; unset: no key needed")
+    api_key_env: str = Field("RAYLM_API_KEY", description="env var holding the bearer token (the replica "
+                             "process's own env, e.g. a Kubernetes Secret; never put into Ray's runtime env)")
+    api_key_file: str | None = Field(None, description="file holding the bearer token (a mounted Secret); "
+                                     "wins over api_key_env")
+    require_api_key: bool = Field(False, description="a replica without a key refuses to start (cluster preset)")
+    max_body_mb: float = Field(4.0, gt=0, description="request bodies past this get a 413, read or not")
+    body_timeout_s: float = Field(30.0, gt=0, description="a body not received within this gets a 408")
     tools: list[Literal["search", "calculator"]] = Field(default_factory=lambda: ["search", "calculator"],
                                                           description="tools the server runs for the model")
     search_db: str | None = Field(None, description="FTS5 index; None: runs/<name>/search.db from the data step")

@@ -59,7 +59,8 @@ def make_chat_checkpoint(folder: Path) -> None:
 
     split_special_tokens goes off so that apply_chat_template (and vLLM, which
     tokenizes the rendered template) reads the control tokens the template writes;
-    raylm's own renderer still never lets user text become a control token.
+    the template escapes "<|" in every message text (raylm/tokenizer/chat.py), so
+    user text still never becomes a control token there.
     """
     folder = Path(folder)
     config = json.loads((folder / "tokenizer_config.json").read_text())

@@ -2,9 +2,10 @@
 
 Routes (one replica answers all of them; Serve's proxy spreads requests over replicas):
 
-    GET  /                     the chat page (raylm/serve/static/chat.html)
+    GET  /                     the chat page (raylm/serve/static/chat.html; it holds nothing about the server)
     GET  /health               200 while the engine is alive, else 503
     GET  /v1/models            the served model
+    GET  /v1/raylm/config      what the chat page shows: model, system prompt, tools, context (needs the key)
     POST /v1/chat/completions  chat, tools run by the server, SSE when "stream": true
     POST /v1/completions       raw text continuation (no chat template, no tools)
 
@@ -12,25 +13,31 @@ Ingress and engine live in the same replica on purpose: a streamed token then
 crosses one hop (proxy -> replica) instead of two, which matters at 32 clients on
 a small machine; autoscaling adds whole replicas. Deployed by raylm/serve/deploy.py.
 Errors reach clients as OpenAI error bodies; tracebacks stay in the replica's log.
+
+A request passes raylm/serve/guards.py (key, content type, body size and read
+time) on the event loop, then is parsed, validated and tokenized in a thread:
+the loop that streams every other response and answers /health never runs a
+tokenizer, and input longer than the context could hold is refused by its
+character count before it is tokenized at all.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
+import asyncio
 import logging
-import os
 from pathlib import Path
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from raylm.config import ServeConfig, StorageConfig
 from raylm.serve.assistant import Assistant, Turn
-from raylm.serve.protocol import (APIError, ChatRequest, CompletionRequest, chat_chunk, chat_response,
-                                  completion_response, new_id, parse, sse, usage, usage_chunk)
+from raylm.serve.guards import authorize, load_api_key, page_headers, read_body, require_json
+from raylm.serve.protocol import (APIError, ChatRequest, CompletionRequest, Request as APIRequest, chat_chunk,
+                                  chat_response, completion_response, new_id, read_request, sse, usage, usage_chunk)
 from raylm.storage import Storage
 
 log = logging.getLogger("ray.serve")
@@ -43,6 +50,12 @@ INTERNAL = APIError(500, "internal server error (details are in the server log)"
 @app.exception_handler(APIError)
 async def _api_error(request: Request, err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    """Starlette's own 404/405 (unknown route, wrong method) in OpenAI's shape too."""
+    return JSONResponse(APIError(err.status_code, str(err.detail)).body(), status_code=err.status_code)
 
 
 @app.exception_handler(Exception)
@@ -74,15 +87,13 @@ class ChatServer:
         """`checkpoint` and `search_db` are URIs in the run's storage (`storage`: its options); the replica
         reads them through node-local copies, so it may start on any node."""
         self.settings = ServeConfig.model_validate(settings)
+        self.api_key = load_api_key(self.settings)  # before the engine: a replica without its key stops here
         options = StorageConfig.model_validate(storage or {})
         local = lambda uri: Storage(options.model_copy(update={"uri": uri})).local("")  # noqa: E731
         self.assistant = Assistant(local(checkpoint), self.settings, local(search_db) if search_db else None)
-        self.api_key = os.environ.get(self.settings.api_key_env) or None
-        config = {"model": self.settings.model_name, "system": self.assistant.system,
-                  "tools": sorted(self.assistant.tools), "needs_key": self.api_key is not None,
-                  "context": self.assistant.context_len}
-        # "</" escaped: a system prompt containing "</script>" must not end the page's script
-        self.page = PAGE.read_text().replace("/*RAYLM_CONFIG*/null", json.dumps(config).replace("</", "<\\/"))
+        self.max_body = int(self.settings.max_body_mb * 2**20)
+        self.page = PAGE.read_text()
+        self.page_headers = page_headers(self.page)
 
     def __del__(self) -> None:
         """Serve calls this when it stops the replica: vLLM's engine-core processes would outlive it otherwise."""
@@ -95,29 +106,25 @@ class ChatServer:
         if not self.assistant.engine.healthy():
             raise RuntimeError("engine is dead")
 
-    def _authorize(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-            raise APIError(401, "Incorrect API key provided. Send it as 'Authorization: Bearer KEY'.",
-                           code="invalid_api_key")
+    async def _turn(self, request: Request, model: type[APIRequest]) -> tuple[APIRequest, Turn]:
+        """Guards on the loop (cheap, before the body is read), then parse + validate + tokenize in a thread."""
+        authorize(request, self.api_key)
+        require_json(request)
+        raw = await read_body(request, self.max_body, self.settings.body_timeout_s)
+        return await asyncio.to_thread(self._parse_and_render, raw, model)
 
-    async def _body(self, request: Request, model: type):
-        self._authorize(request)
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise APIError(400, "the request body is not valid JSON") from None
-        parsed = parse(model, body)
-        if parsed.model != self.settings.model_name:
-            raise APIError(404, f"The model '{parsed.model}' does not exist; this server has "
+    def _parse_and_render(self, raw: bytes, model: type[APIRequest]) -> tuple[APIRequest, Turn]:
+        body = read_request(model, raw)
+        if body.model != self.settings.model_name:
+            raise APIError(404, f"The model '{body.model}' does not exist; this server has "
                                 f"'{self.settings.model_name}'.", param="model", code="model_not_found")
-        return parsed
+        if isinstance(body, ChatRequest):
+            return body, self.assistant.chat_turn(body)
+        return body, self.assistant.completion_turn(body)
 
     @app.get("/", response_class=HTMLResponse)
     async def page(self) -> HTMLResponse:
-        return HTMLResponse(self.page)
+        return HTMLResponse(self.page, headers=self.page_headers)
 
     @app.get("/health")
     async def health(self) -> JSONResponse:
@@ -127,14 +134,19 @@ class ChatServer:
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict:
-        self._authorize(request)
+        authorize(request, self.api_key)
         return {"object": "list", "data": [{"id": self.settings.model_name, "object": "model", "created": 0,
                                             "owned_by": "raylm", "max_model_len": self.assistant.context_len}]}
 
+    @app.get("/v1/raylm/config")
+    async def config(self, request: Request) -> dict:
+        authorize(request, self.api_key)
+        return {"model": self.settings.model_name, "system": self.assistant.system,
+                "tools": sorted(self.assistant.tools), "context": self.assistant.context_len}
+
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
-        body = await self._body(request, ChatRequest)
-        turn = self.assistant.chat_turn(body)
+        body, turn = await self._turn(request, ChatRequest)
         request_id, model = new_id("chatcmpl"), body.model
         if body.stream:
             return _stream(self._chat_chunks(request_id, model, turn, body.include_usage))
@@ -170,8 +182,7 @@ class ChatServer:
 
     @app.post("/v1/completions")
     async def completions(self, request: Request):
-        body = await self._body(request, CompletionRequest)
-        turn = self.assistant.completion_turn(body)
+        body, turn = await self._turn(request, CompletionRequest)
         request_id, model = new_id("cmpl"), body.model
         if body.stream:
             return _stream(self._completion_chunks(request_id, model, turn, body.include_usage))

@@ -22,8 +22,8 @@ from typing import AsyncIterator
 
 from raylm.config import ServeConfig
 from raylm.serve.engines import Sampling, coalesce, make_engine
-from raylm.serve.protocol import APIError, ChatRequest, CompletionRequest, message_text
-from raylm.tokenizer.bpe import EOS, load
+from raylm.serve.protocol import APIError, ChatRequest, CompletionRequest
+from raylm.tokenizer.bpe import EOS, SPECIAL_TOKENS, load
 from raylm.tokenizer.chat import ChatFormat, ChatFormatError
 from raylm.tools.runner import Tools, TurnDecoder, run_tool
 
@@ -78,6 +78,10 @@ class Assistant:
         self.chat = ChatFormat(load(folder))
         self.eos = self.chat.tok.token_to_id(EOS)
         self.context_len = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+        # No token holds more characters than the longest in the vocabulary, so text longer than this cannot fit
+        # the context whatever it says: refused by its length, before the tokenizer spends a second on it.
+        longest = max(len(t) for t in self.chat.tok.get_vocab() if t not in SPECIAL_TOKENS)
+        self.max_chars = self.context_len * longest
         self.tools: Tools = {}
         if "calculator" in settings.tools:
             from raylm.tools.calculator import calculate
@@ -108,8 +112,16 @@ class Assistant:
         # ten; coalescing for a few ms is invisible to a reader and frees CPU for generation under load.
         return self.settings.stream_interval_ms / 1000 if request.stream else 0.0
 
+    def _fits(self, request: ChatRequest | CompletionRequest) -> None:
+        if (size := request.text_size()) > self.max_chars:
+            raise APIError(400, f"This model's maximum context length is {self.context_len} tokens; the input is "
+                                f"{size} characters, more than that many tokens can hold. Shorten the messages.",
+                           param="messages" if isinstance(request, ChatRequest) else "prompt",
+                           code="context_length_exceeded")
+
     def chat_turn(self, request: ChatRequest) -> Turn:
-        messages = [message_text(m, i) for i, m in enumerate(request.messages)]
+        self._fits(request)
+        messages = request.chat_messages()
         if messages[0].get("role") != "system":  # the identity comes from the system message
             messages.insert(0, {"role": "system", "content": self.system})
         if messages[-1].get("role") == "assistant":
@@ -122,6 +134,7 @@ class Assistant:
                     self.settings.max_tool_rounds, self._interval(request))
 
     def completion_turn(self, request: CompletionRequest) -> Turn:
+        self._fits(request)
         prompt = [self.eos, *self.chat.text(request.prompt)]  # a document starts after <|endoftext|>
         return Turn(prompt, self._sampling(request, prompt), (self.eos, self.chat.im_end), request.stop,
                     interval_s=self._interval(request))

@@ -7,19 +7,23 @@
 file); `deploy` runs it here with the replica options from `ServeConfig`
 (autoscaling, per-replica concurrency bound, CPUs/GPUs). The checkpoint and the
 search index are named by their URIs in the run's storage (with its S3 options),
-so a replica on any node finds them. The API key never goes into the file:
-replicas read it from the env var the config names.
+so a replica on any node finds them. The API key never goes into the file nor
+into Ray's runtime env (the dashboard shows both): on a cluster replicas read it
+from a mounted Secret (`serve.api_key_file`) or their pod's env; a local
+`raylm serve` hands its $RAYLM_API_KEY over in a file only this user can read.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import time
-from pathlib import Path
 
 import yaml
 
-from raylm.config import ServeConfig, StorageConfig
+from raylm.config import ServeConfig
 from raylm.storage import Storage
 
 APP_NAME = "raylm"
@@ -94,8 +98,8 @@ def deploy(settings: ServeConfig, checkpoint: Storage, search_db: Storage | None
     port = port or settings.port
     env = {"VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib), "TOKENIZERS_PARALLELISM": "false",
            "VLLM_LOGGING_LEVEL": "WARNING"}
-    if os.environ.get(settings.api_key_env):  # a local run: hand the key to replicas that may not inherit it
-        env[settings.api_key_env] = os.environ[settings.api_key_env]
+    if not settings.api_key_file and (key_file := private_key_file(settings)):
+        settings = settings.model_copy(update={"api_key_file": key_file})
     serve.start(http_options={"host": settings.host, "port": port}, proxy_location=settings.proxy_location)
     application = build(app_args(settings, checkpoint, search_db), env)
     start = time.perf_counter()
@@ -104,6 +108,20 @@ def deploy(settings: ServeConfig, checkpoint: Storage, search_db: Storage | None
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     print(f"[serve] ready in {time.perf_counter() - start:.0f} s", flush=True)
     return f"http://{host}:{port}"
+
+
+def private_key_file(settings: ServeConfig) -> str | None:
+    """This shell's $RAYLM_API_KEY in a file only this user can read, for the replicas of a local Ray (which
+    may not share this process's env); removed when this process exits. None when the variable is unset."""
+    key = os.environ.get(settings.api_key_env)
+    if key is None:
+        return None
+    folder = tempfile.mkdtemp(prefix="raylm-key-")  # mode 0700
+    atexit.register(shutil.rmtree, folder, True)
+    path = os.path.join(folder, "api-key")
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(key)
+    return path
 
 
 def how_to_query(url: str, settings: ServeConfig) -> str:

@@ -100,12 +100,23 @@ class TorchAsyncEngine:
         from raylm.model.hf import load_pretrained
 
         self.engine = Engine(load_pretrained(Path(checkpoint)))
-        self.busy = threading.Lock()  # one generation at a time: Engine.stream holds one KV cache
+        # One generation at a time (Engine.stream holds one KV cache). Requests queue on the asyncio lock, so a
+        # client that leaves while queued is cancelled there and never prefills; the thread lock covers the
+        # moment a cancelled generation's thread still finishes its last token.
+        self.turn = asyncio.Lock()
+        self.busy = threading.Lock()
+        self.started = 0  # generations begun (tests: a cancelled waiter never counts)
 
     async def stream(self, ids: list[int], sampling: Sampling, stop_ids: tuple[int, ...]) -> AsyncIterator[list[int]]:
+        async with self.turn:
+            async for tokens in self._generate(ids, sampling, stop_ids):
+                yield tokens
+
+    async def _generate(self, ids: list[int], sampling: Sampling, stop_ids: tuple[int, ...]) -> AsyncIterator[list[int]]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
+        self.started += 1
 
         def produce() -> None:
             try:

@@ -1,9 +1,17 @@
-"""The OpenAI wire format the server speaks: request models, error bodies, response and SSE chunks.
+"""The OpenAI wire format the server speaks: strict request models, error bodies, response and SSE chunks.
 
 Requests are validated here, before any token is generated; every problem a client
-can fix becomes an `APIError`, sent as OpenAI's error body:
+can fix becomes an `APIError`, sent as OpenAI's error body naming the parameter:
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": "temperature", "code": null}}
+
+    request = read_request(ChatRequest, body_bytes)   # bytes -> request, or APIError(4xx)
+
+Every accepted field has a type, a range and a shape (tool calls included); text
+must be valid Unicode (no lone surrogates); OpenAI fields raylm cannot honour get a
+400 naming them unless they carry their no-op value, and unknown fields get a 400,
+as OpenAI's own API answers them. JSON nested past Python's recursion limit or
+holding integers of thousands of digits is a 400 too, never a traceback.
 
 Server-run tools are reported in an extension field, `tool_trace`, on the message
 (and `tool_event` on stream deltas): OpenAI's `tool_calls` would tell a client to
@@ -15,9 +23,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 
 class APIError(Exception):
@@ -30,44 +39,128 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-class Request(BaseModel):
-    # Unknown fields are accepted and ignored, as OpenAI-compatible servers do (clients send extras freely);
-    # fields raylm cannot honour are rejected below rather than silently ignored.
-    model_config = ConfigDict(extra="allow")
+def _unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate: not valid Unicode") from None
+    return text
 
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
+
+Text = Annotated[str, AfterValidator(_unicode)]
+INT64 = 2**63 - 1
+
+# OpenAI request fields raylm does not implement: accepted only with the value that means "off".
+NO_OP_VALUES: dict[str, tuple] = {
+    "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
+    "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "response_format": (None, {"type": "text"}),
+    "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False), "functions": (None, []),
+    "function_call": (None, "none", "auto"), "modalities": (None, ["text"]), "audio": (None,),
+    "prediction": (None,), "reasoning_effort": (None,), "web_search_options": (None,), "echo": (None, False),
+    "best_of": (None, 1), "suffix": (None, ""),
+}
+IGNORED = ("user", "metadata", "store", "service_tier")  # bookkeeping fields that change nothing in the answer
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: Text
+
+
+class FunctionCall(Strict):
+    name: Text = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    arguments: Text | dict[str, Any] = ""
+
+
+class ToolCall(Strict):
+    id: Text | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: Text | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Message":
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (null only on an assistant message with tool_calls)")
+        return self
+
+    def as_chat(self) -> dict:
+        """The dict raylm/tokenizer/chat.py renders: text parts joined, OpenAI's `developer` read as `system`."""
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        out = {"role": "system" if self.role == "developer" else self.role, "content": content}
+        if self.tool_calls:
+            out["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        return out
+
+
+class Request(Strict):
+    model: Text = Field(max_length=256)
+    max_tokens: int | None = Field(None, ge=1, le=INT64)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=1, description="one choice per request")
     stream: bool = False
-    stream_options: dict | None = None
-    stop: str | list[str] | None = Field(None, validate_default=True)
-    seed: int | None = None
+    stream_options: StreamOptions | None = None
+    stop: Text | list[Text] | None = Field(None, validate_default=True)
+    seed: int | None = Field(None, ge=-(2**63), le=INT64)
 
-    @field_validator("n")
+    @model_validator(mode="before")
     @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported")
-        return n
+    def _known_fields(cls, body: Any) -> Any:
+        if not isinstance(body, dict):
+            return body
+        for key, value in list(body.items()):
+            if key in NO_OP_VALUES:
+                if value not in NO_OP_VALUES[key]:
+                    raise APIError(400, f"{key} is not supported by this server", param=key,
+                                   code="unsupported_parameter")
+                del body[key]
+            elif key in IGNORED:
+                del body[key]
+            elif key not in cls.model_fields:
+                raise APIError(400, f"Unrecognized request argument supplied: {key}", param=key,
+                               code="unknown_parameter")
+        return body
 
     @field_validator("stop")
     @classmethod
     def _stops(cls, stop):
         stops = [stop] if isinstance(stop, str) else (stop or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes up to 4 non-empty strings")
+        if len(stops) > 4 or any(not s or len(s) > 256 for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings of up to 256 characters")
         return stops
 
     @property
     def include_usage(self) -> bool:
-        return bool(self.stream and self.stream_options and self.stream_options.get("include_usage"))
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def text_size(self) -> int:
+        """Characters of input text: bounded before anything is tokenized."""
+        raise NotImplementedError
 
 
 class ChatRequest(Request):
-    messages: list[dict] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    messages: list[Message] = Field(min_length=1, max_length=1024)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT64)
     tools: list | None = None
 
     @field_validator("tools")
@@ -82,10 +175,17 @@ class ChatRequest(Request):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def chat_messages(self) -> list[dict]:
+        return [message.as_chat() for message in self.messages]
+
+    def text_size(self) -> int:
+        return sum(len(m.get("content") or "") + sum(len(str(c["function"])) for c in m.get("tool_calls", []))
+                   for m in self.chat_messages())
+
 
 class CompletionRequest(Request):
-    prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
+    prompt: Text | list[Text]
+    max_tokens: int | None = Field(16, ge=1, le=INT64)  # OpenAI's default for /v1/completions
 
     @field_validator("prompt")
     @classmethod
@@ -102,32 +202,40 @@ class CompletionRequest(Request):
     def token_limit(self) -> int | None:
         return self.max_tokens
 
+    def text_size(self) -> int:
+        return len(self.prompt)
+
+
+def read_request(model: type[Request], raw: bytes) -> Request:
+    """Request body bytes -> a validated request, or a 400 naming the first bad field."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply") from None
+    except ValueError as err:  # not JSON, not UTF-8, or an integer of more than 4300 digits
+        reason = "" if isinstance(err, json.JSONDecodeError) else f" ({str(err).split(':')[0]})"
+        raise APIError(400, f"the request body is not valid JSON{reason}") from None
+    return parse(model, body)
+
+
+def _is_field(part: str | int) -> bool:
+    """A location part that names a field or an index, not one of pydantic's union-member tags."""
+    return isinstance(part, int) or (part.isidentifier() and part not in ("str", "int", "float", "bool", "dict"))
+
 
 def parse(model: type[Request], body: Any) -> Request:
-    """JSON body -> request, or a 400 naming the first bad field."""
+    """JSON value -> request, or a 400 naming the first bad field."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        first = err.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        first = max(err.errors(), key=lambda e: len(e["loc"]))  # the deepest: in a union, the closest member
+        param = ".".join(str(p) for p in first["loc"] if _is_field(p)) or None
         message = first["msg"].removeprefix("Value error, ")
         raise APIError(400, f"{param}: {message}" if param else message, param=param) from None
-
-
-def message_text(message: dict, index: int) -> dict:
-    """OpenAI content parts -> one string (text parts only); anything else is a 400."""
-    content = message.get("content")
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise APIError(400, f"messages.{index}.content: only text parts are supported",
-                               param=f"messages.{index}.content")
-            texts.append(str(part.get("text", "")))
-        message = {**message, "content": "".join(texts)}
-    return message
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply") from None
 
 
 def new_id(prefix: str) -> str:

@@ -23,7 +23,11 @@ included: the model should predict a search result no more than a user's words.
 Special tokens are inserted by id; text is encoded with special-token parsing off,
 so a user typing "<|im_start|>" gets characters, not control tokens. CHAT_TEMPLATE
 is the same format as a Jinja template for tokenizer_config.json, so that
-`tokenizer.apply_chat_template(messages)` gives exactly `render(...).ids`.
+`tokenizer.apply_chat_template(messages)` gives exactly `render(...).ids`. A
+template renders to text that the tokenizer then reads with special tokens on (it
+must, to read the template's own), so every "<|" in message text gets a zero-width
+space after its "<" in both renderers: text written by a user can never become a
+control token in another server (vLLM's, TGI's) that serves the exported checkpoint.
 """
 
 from __future__ import annotations
@@ -39,21 +43,28 @@ CALL_START, CALL_END = "<|tool_call|>", "<|/tool_call|>"
 RESULT_START, RESULT_END = "<|tool_result|>", "<|/tool_result|>"
 ROLES = ("system", "user", "assistant", "tool")
 TOOL_ARGUMENT = {"search": "query", "calculator": "expression"}  # the one argument each built-in tool takes
+ESCAPED = "<\u200b|"  # what "<|" in message text becomes: never the start of a control token
+
+
+def escape(text: str) -> str:
+    return text.replace("<|", ESCAPED)
+
 
 CHAT_TEMPLATE = (
+    "{%- macro text(value) -%}{{ value | replace('<|', '" + ESCAPED + "') }}{%- endmacro -%}"
     "{%- for message in messages -%}"
     "{%- if message.role == 'tool' -%}"
-    "<|tool_result|>{{ message.content }}<|/tool_result|>"
+    "<|tool_result|>{{ text(message.content) }}<|/tool_result|>"
     "{%- else -%}"
     "{%- if not (message.role == 'assistant' and loop.index0 > 0 and messages[loop.index0 - 1].role == 'tool') -%}"
     "<|im_start|>{{ message.role ~ '\\n' }}"
     "{%- endif -%}"
-    "{{ message.content or '' }}"
+    "{{ text(message.content or '') }}"
     "{%- if message.tool_calls -%}"
     "{%- for call in message.tool_calls -%}"
     "<|tool_call|>{{ call.function.name ~ ' ' }}"
-    "{%- if call.function.arguments is mapping -%}{{ call.function.arguments.values() | join(' ') }}"
-    "{%- else -%}{{ call.function.arguments }}{%- endif -%}"
+    "{%- if call.function.arguments is mapping -%}{{ text(call.function.arguments.values() | join(' ')) }}"
+    "{%- else -%}{{ text(call.function.arguments) }}{%- endif -%}"
     "<|/tool_call|>"
     "{%- endfor -%}"
     "{%- else -%}"
@@ -94,12 +105,12 @@ class ChatFormat:
         self.stop_ids = (self.im_end, self.call_end)  # generation pauses at either: end of turn, or run a tool
 
     def text(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids if text else []
+        return self.tok.encode(escape(text), add_special_tokens=False).ids if text else []
 
     def _header_and_text(self, role: str, text: str, out: Rendered, trained: bool) -> None:
         """`role\\n` + text encoded together (exactly as a tokenizer reading the template would), the header masked."""
         header = f"{role}\n"
-        encoding = self.tok.encode(header + text, add_special_tokens=False)
+        encoding = self.tok.encode(header + escape(text), add_special_tokens=False)
         for token, (_, end) in zip(encoding.ids, encoding.offsets):
             out.add([token], trained and end > len(header))
 

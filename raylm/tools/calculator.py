@@ -6,7 +6,9 @@
 
 Only number literals, the four operations, floor division, modulo, powers with a
 small exponent and unary signs are accepted; input length, exponent and result
-size are bounded so a request cannot make the server compute for long.
+size are bounded so a request cannot make the server compute for long. It never
+raises and never answers inf or nan: overflow, literals past float range and
+results past 1e18 are errors the model reads.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class CalculatorError(ValueError):
 
 def _value(node: ast.AST) -> float | int:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        if not math.isfinite(node.value):  # 1e400 parses as inf
+            raise CalculatorError("number out of range")
         return node.value
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_value(node.operand))
@@ -41,7 +45,9 @@ def _value(node: ast.AST) -> float | int:
             result = _BINARY[type(node.op)](left, right)
         except ZeroDivisionError:
             raise CalculatorError("division by zero") from None
-        if isinstance(result, complex) or abs(result) > MAX_MAGNITUDE:
+        except OverflowError:  # float powers: 1e18 ** 64, 1e-320 ** -64
+            raise CalculatorError("result out of range") from None
+        if isinstance(result, complex) or not math.isfinite(result) or abs(result) > MAX_MAGNITUDE:
             raise CalculatorError("result out of range")
         return result
     raise CalculatorError("only numbers and + - * / // % ** ( ) are allowed")
@@ -60,6 +66,8 @@ def calculate(expression: str) -> str:
         result = _value(tree.body)
     except CalculatorError as err:
         return f"error: {err}"
+    except (MemoryError, RecursionError):  # "-" * 10**5 nesting cannot reach here (MAX_LENGTH): belt and braces
+        return "error: expression too complex"
     if isinstance(result, float):
         if math.isfinite(result) and result == int(result):
             return str(int(result))

@@ -68,7 +68,7 @@ def served(ray_session, scripted_checkpoint):
     checkpoint, search_db, chat = scripted_checkpoint
     os.environ["RAYLM_API_KEY"] = API_KEY
     try:
-        settings = ServeConfig(port=free_port(), host="127.0.0.1", stream_interval_ms=0, max_tokens_cap=100)
+        settings = ServeConfig(port=free_port(), stream_interval_ms=0, max_tokens_cap=100, body_timeout_s=2)
         url = deploy(settings, checkpoint, search_db)
     finally:
         del os.environ["RAYLM_API_KEY"]

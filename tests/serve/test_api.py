@@ -100,7 +100,7 @@ def test_too_long_input_unknown_model_and_bad_json(client, served):
         client.chat.completions.create(model="gpt-4", messages=USER)
     assert err.value.body["code"] == "model_not_found"
     response = httpx.post(f"{url}/v1/chat/completions", content=b"{not json",
-                          headers={"Authorization": f"Bearer {API_KEY}"})
+                          headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
     assert response.status_code == 400 and response.json()["error"]["message"].endswith("not valid JSON")
 
 

@@ -35,12 +35,16 @@ def browser():
 def test_type_a_message_and_see_the_streamed_answer(browser, served):
     url, settings, _ = served
     page = browser.new_page()
-    page.goto(f"{url}/")
+    response = page.goto(f"{url}/")
     assert "raylm" in page.title()
-    assert "search" in page.inner_text("#model")                        # tools listed in the header
-    assert page.input_value("#system").startswith("You are raylm")     # the default identity, editable
-    assert page.is_visible("#key")                                      # the server wants a key: settings open
+    # the page is behind the key: it shows nothing of the server (prompt, tools) until the key is given
+    assert page.is_visible("#key") and "API key" in page.inner_text("#model")   # 401: settings open
+    assert page.input_value("#system") == ""
+    headers = response.headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
     page.fill("#key", API_KEY)
+    page.wait_for_selector("#model:has-text('search')")                # tools listed in the header
+    assert page.input_value("#system").startswith("You are raylm")     # the default identity, editable
     # Count the updates of the answer bubble, to see the answer arrive in pieces (each delta appends text).
     page.evaluate("""() => {
         window.answerUpdates = 0;
@@ -50,8 +54,9 @@ def test_type_a_message_and_see_the_streamed_answer(browser, served):
     }""")
     page.fill("#input", "When did the Veltrane Bridge open?")
     page.press("#input", "Enter")
-    page.wait_for_function("document.getElementById('status').textContent === 'ready' && "
-                           "document.querySelector('.msg.assistant')", timeout=60_000)
+    # (locators, not wait_for_function: the page's CSP forbids the string evaluation that one uses)
+    page.wait_for_selector(".msg.assistant", timeout=60_000)
+    page.wait_for_selector("#status:text-is('ready')", timeout=60_000)
     assert page.inner_text(".msg.user") == "When did the Veltrane Bridge open?"
     tools = page.locator(".msg.tool").all_inner_texts()
     assert tools[0] == "🔧 search(Veltrane)" and "1873" in tools[1]   # the server-run tool, shown
