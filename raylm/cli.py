@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -141,13 +144,24 @@ def final_checkpoint(run: Run) -> Storage:
                      f"pass --checkpoint or run `raylm run` first")
 
 
+def refuse_busy_machine(host: str, port: int) -> None:
+    """A local start fails at once, naming who is in the way: the port's holder, or engines of an earlier
+    raylm server that are still alive (they hold gigabytes and a core: the new engine would starve)."""
+    from raylm.serve.lifecycle import leftover_engines, port_holder
+
+    if holder := port_holder(host, port):
+        raise InputError(f"port {port} on {host} is taken by {holder}: stop it or pass --port")
+    if left := leftover_engines():
+        pids = " ".join(str(p.pid) for p in left)
+        raise InputError(f"an earlier raylm server's engine processes are still running (pids {pids}, "
+                         f"{sum(p.memory_info().rss for p in left) / 2**30:.1f} GiB): `kill {pids}` first")
+
+
 def serve_model(cfg: RunConfig, checkpoint: Storage, port: int | None = None) -> None:
     """Deploy on Ray Serve and print how to query it. A local Ray serves until Ctrl-C; on a cluster the app
     outlives this process (`serve shutdown` stops it)."""
-    import signal
-    import time
-
     from raylm.serve.deploy import deploy, how_to_query, write_serve_config
+    from raylm.serve.lifecycle import LocalRayProcesses
 
     if not checkpoint.is_file("config.json"):
         raise InputError(f"no HF checkpoint (config.json) in {checkpoint.uri()}")
@@ -160,26 +174,67 @@ def serve_model(cfg: RunConfig, checkpoint: Storage, port: int | None = None) ->
             search_db = None
     config_file = write_serve_config(cfg.serve, checkpoint, search_db, run.storage,
                                      f"{cfg.name}/serve/serve_config.yaml")
-    init_ray(cfg)
-    url = deploy(cfg.serve, checkpoint, search_db, port)
-    print(how_to_query(url, cfg.serve))
-    print(f"  cluster:    serve deploy {config_file}", flush=True)
     if on_cluster(cfg):
+        init_ray(cfg)
+        url = deploy(cfg.serve, checkpoint, search_db, port)
+        print(how_to_query(url, cfg.serve))
+        print(f"  cluster:    serve deploy {config_file}", flush=True)
         print("[serve] deployed on the cluster; it keeps serving after this job ends (`serve shutdown` stops it)")
         return
-    print("[serve] Ctrl-C stops the server", flush=True)
-    # SIGTERM (a process manager, `kill`) stops it as cleanly as Ctrl-C; SIGINT is re-armed because a shell
-    # that starts a program in the background makes it ignore SIGINT.
+    refuse_busy_machine(cfg.serve.host, port or cfg.serve.port)
+    processes, code = LocalRayProcesses(), 0
+    arm_stop_signals()
+    try:
+        init_ray(cfg)
+        arm_stop_signals()  # Ray's driver installs a SIGTERM handler of its own: ours again
+        url = deploy(cfg.serve, checkpoint, search_db, port)
+        print(how_to_query(url, cfg.serve))
+        print(f"  cluster:    serve deploy {config_file}", flush=True)
+        print("[serve] Ctrl-C stops the server", flush=True)
+        while True:
+            time.sleep(1)
+            if not processes.raylet_alive():  # `ray stop`, a killed raylet: nothing left to serve with
+                break
+        print("[serve] Ray's raylet is gone: stopping", flush=True)
+        code = 1
+    except (KeyboardInterrupt, SystemExit):
+        print("\n[serve] shutting down", flush=True)
+    except Exception as err:  # the deployment failed: its processes must not outlive this one either
+        print(f"raylm serve: error: {err}", file=sys.stderr, flush=True)
+        code = 1
+    stop_local_server(processes, code)
+
+
+def arm_stop_signals() -> None:
+    """SIGTERM (a process manager, `kill`) stops the server as cleanly as Ctrl-C; SIGINT is re-armed because a
+    shell that starts a program in the background makes it ignore SIGINT."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        while True:
-            time.sleep(3600)
-    except (KeyboardInterrupt, SystemExit):
-        from ray import serve
 
-        print("\n[serve] shutting down", flush=True)
-        serve.shutdown()
+
+def stop_local_server(processes, code: int) -> None:
+    """Serve's own shutdown (replicas stop their engines), bounded: with the raylet or GCS hit by the same
+    signal it can hang; then every process of this local Ray that still runs is killed, and this process
+    exits at once (Ray's exit hooks would wait on the Ray just ended)."""
+    import threading
+
+    import ray
+    from ray import serve
+
+    from raylm.serve.deploy import remove_private_key_files
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the cleanup short
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if ray.is_initialized() and processes.raylet_alive():  # with the raylet gone there is no Serve to ask
+        stopper = threading.Thread(target=serve.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(timeout=20)
+    if killed := processes.kill_all():
+        print(f"[serve] ended {killed} leftover process(es) of the local Ray", flush=True)
+    remove_private_key_files()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_serve(cfg: RunConfig, args) -> None:

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from raylm.config import RunConfig
 from raylm.storage import Storage
@@ -32,6 +34,9 @@ def quiet_worker_logs() -> None:
     logging.getLogger(context).setLevel(logging.WARNING)
 
 
+HAPROXY_WRAPPER = Path(sys.executable).parent / "raylm-haproxy"  # the console script (pyproject.toml)
+
+
 def local_ray_env() -> dict[str, str]:
     """Settings for a Ray that raylm starts on this machine (read by Ray's processes, so set before ray.init).
 
@@ -47,6 +52,8 @@ def local_ray_env() -> dict[str, str]:
       (a test run beside `raylm serve`) do not collide, and one HAProxy thread is enough here.
     - A replica that stops waits for HAProxy to stop sending it requests; Serve waits 30 s for load
       balancers on other nodes, HAProxy on this node notices within a second: Ctrl-C takes 2 s, not 30.
+    - HAProxy started through `raylm-haproxy` (raylm/serve/lifecycle.py): stats and metrics on loopback, a
+      private admin socket, and it dies with the Serve actor that started it (however that one died).
     - Up to 8 idle worker processes are kept (Ray keeps num_cpus = 2 by default): Ray Data runs shuffle
       map and reduce tasks in separate worker pools, so with 2 a process was restarted between every job
       (5-20 s each on a busy 2-core machine; the connected-components test went from 173 s to 17 s).
@@ -57,7 +64,8 @@ def local_ray_env() -> dict[str, str]:
             "RAY_SERVE_HAPROXY_NBTHREAD": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
             "RAY_SERVE_HAPROXY_STATS_PORT": str(ports[0]), "RAY_SERVE_HAPROXY_METRICS_PORT": str(ports[1]),
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(ports[2]),
-            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(ports[3])}
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(ports[3]),
+            **({"RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER)} if HAPROXY_WRAPPER.exists() else {})}
 
 
 def apply_local_ray_env() -> None:

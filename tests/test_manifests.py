@@ -515,6 +515,8 @@ def test_every_pod_gets_auth_storage_and_serve_settings():
     serve_env = {key: value for key, value in local_ray_env().items()  # the two a cluster needs; ports are local
                  if key in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")}
     assert len(serve_env) == 2
+    # HAProxy through raylm's wrapper, where pip puts console scripts in Ray's image
+    serve_env["RAY_SERVE_HAPROXY_BINARY_PATH"] = "/home/ray/anaconda3/bin/raylm-haproxy"
     secrets = {doc["metadata"]["name"]: doc["stringData"] for doc in docs("Secret")}
     [configmap] = docs("ConfigMap")
     assert {"RAYLM_STORAGE_URI", "AWS_DEFAULT_REGION"} <= set(configmap["data"])
@@ -531,7 +533,13 @@ def test_every_pod_gets_auth_storage_and_serve_settings():
                 assert {("configMapRef", configmap["metadata"]["name"]),
                         ("secretRef", "raylm-storage-credentials")} <= sources
                 assert all(kind != "secretRef" or name in secrets for kind, name in sources)
+                mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+                volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+                key_file = volumes["api-key"]["secret"]  # the server's key as a file (serve.api_key_file)
+                assert key_file["secretName"] in secrets and f"{mounts['api-key']}/{key_file['items'][0]['path']}" \
+                    == load_config("cluster").serve.api_key_file
     assert set(secrets["raylm-storage-credentials"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert load_config("cluster").serve.require_api_key and set(secrets["raylm-api-key"]) == {"RAYLM_API_KEY"}
 
 
 def shell_words(command: str, env: dict) -> list[str]:

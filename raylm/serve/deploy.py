@@ -110,6 +110,14 @@ def deploy(settings: ServeConfig, checkpoint: Storage, search_db: Storage | None
     return f"http://{host}:{port}"
 
 
+KEY_FOLDERS: list[str] = []
+
+
+def remove_private_key_files() -> None:
+    while KEY_FOLDERS:
+        shutil.rmtree(KEY_FOLDERS.pop(), ignore_errors=True)
+
+
 def private_key_file(settings: ServeConfig) -> str | None:
     """This shell's $RAYLM_API_KEY in a file only this user can read, for the replicas of a local Ray (which
     may not share this process's env); removed when this process exits. None when the variable is unset."""
@@ -117,7 +125,8 @@ def private_key_file(settings: ServeConfig) -> str | None:
     if key is None:
         return None
     folder = tempfile.mkdtemp(prefix="raylm-key-")  # mode 0700
-    atexit.register(shutil.rmtree, folder, True)
+    KEY_FOLDERS.append(folder)
+    atexit.register(remove_private_key_files)
     path = os.path.join(folder, "api-key")
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
         out.write(key)

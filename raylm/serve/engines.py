@@ -48,6 +48,10 @@ class VllmAsyncEngine:
                                enforce_eager=not self.on_gpu,
                                skip_tokenizer_init=True)  # ids in, ids out: raylm renders and decodes
         self.llm = AsyncLLM.from_engine_args(args)
+        from raylm.serve.lifecycle import engine_processes, reap_with_parent
+
+        # vLLM's engine core does not watch this process: without a reaper it outlives a killed replica
+        self.reaper = reap_with_parent([process.pid for process in engine_processes()])
         self.ongoing = 0
         self.placement = None
         if colocate_engine_core and not self.on_gpu:

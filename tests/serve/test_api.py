@@ -163,3 +163,24 @@ def test_serve_cli_rejects_a_missing_checkpoint(tmp_path, capsys):
 
     assert main(["serve", "--checkpoint", str(tmp_path / "nope"), "-o", f"storage.uri={tmp_path}"]) == 2
     assert "no HF checkpoint (config.json)" in capsys.readouterr().err
+
+
+def test_haproxy_serves_only_the_api_to_the_network(served):
+    """Serve's HAProxy (started through raylm-haproxy): its stats page and metrics listen on loopback only,
+    and its admin socket is private to this user (Ray's own config binds them to every interface, mode 666)."""
+    import os
+    import re
+    import stat
+
+    import psutil
+
+    url, settings, _ = served
+    [haproxy] = [p for p in psutil.Process().children(recursive=True) if p.name() == "haproxy"]
+    config = haproxy.cmdline()[haproxy.cmdline().index("-f") + 1]
+    assert config.endswith(".raylm")  # the hardened copy (raylm/serve/lifecycle.py)
+    [socket_path] = re.findall(r"stats socket (\S+) mode 600", open(config).read())
+    assert stat.S_IMODE(os.stat(socket_path).st_mode) & 0o077 == 0
+    listening = {c.laddr for c in haproxy.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    api_port = int(url.rsplit(":", 1)[1])
+    assert any(a.port == api_port for a in listening) and len(listening) >= 3  # API, stats, metrics
+    assert all(a.ip == "127.0.0.1" for a in listening), listening

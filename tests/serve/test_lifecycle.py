@@ -1,0 +1,201 @@
+"""Nothing outlives `raylm serve`: stopped in every order, no vLLM engine and no HAProxy is left behind,
+and the next `raylm serve` on the same port starts healthy.
+
+Each server runs in a PID namespace of its own (`unshare --pid`, entered with `nsenter`), so that
+`ray stop` stops only that server's Ray and not this test session's, and so that whatever a stop leaves
+behind is reparented to the namespace's holder process, where it is found. The namespace shares the
+network: ports are the machine's. Orders: SIGTERM and SIGINT to the server's process group, `ray stop`,
+a SIGKILLed replica (Serve replaces it; the old engine must go), a SIGKILLed raylet.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from raylm.serve.lifecycle import ENGINE_NAMES
+from tests.serve.conftest import free_port
+
+pytestmark = pytest.mark.slow
+BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+LEFT_NAMES = (*ENGINE_NAMES, "haproxy")
+
+
+class Namespace:
+    """A PID namespace held open by `sleep`; commands run inside it with nsenter (whose child they are)."""
+
+    def __init__(self):
+        self.holder = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sleep", "infinity"],
+                                       start_new_session=True)
+        deadline = time.time() + 10
+        while not (children := psutil.Process(self.holder.pid).children()) and time.time() < deadline:
+            time.sleep(0.05)
+        self.init = children[0].pid  # `sleep`, pid 1 inside: orphans of the namespace end up under it
+
+    def popen(self, command: list[str], env: dict, log: Path) -> subprocess.Popen:
+        return subprocess.Popen(["nsenter", "-t", str(self.init), "-p", "-m", *command], env=env,
+                                stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process in the namespace (its init, `sleep`, aside; it reaps nothing, so the dead that
+        were reparented to it stay as zombies, which hold no memory, core or port and are left out)."""
+        try:
+            namespace = os.readlink(f"/proc/{self.init}/ns/pid")
+        except FileNotFoundError:
+            return []
+        found = []
+        for process in psutil.process_iter():
+            try:
+                if (process.pid != self.init and os.readlink(f"/proc/{process.pid}/ns/pid") == namespace
+                        and process.status() != psutil.STATUS_ZOMBIE):
+                    found.append(process)
+            except (FileNotFoundError, PermissionError, psutil.NoSuchProcess):
+                pass
+        return found
+
+    def left(self) -> dict[int, str]:
+        """Engine and HAProxy processes alive in the namespace."""
+        found = {}
+        for process in self.processes():
+            try:
+                if process.name().startswith(LEFT_NAMES):
+                    found[process.pid] = process.name()
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    def close(self) -> None:
+        os.killpg(self.holder.pid, signal.SIGKILL)  # the namespace's init dies: the kernel kills the rest
+        self.holder.wait()
+
+
+@pytest.fixture(scope="module")
+def namespace():
+    space = Namespace()
+    yield space
+    space.close()
+
+
+def start_server(space: Namespace, checkpoint: str, port: int, root: Path, tag: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYLM_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    command = [str(BIN / "raylm"), "serve", "--checkpoint", checkpoint, "--port", str(port),
+               "-o", f"storage.uri={root}", "-o", "ray.num_cpus=2"]
+    server = space.popen(command, env, root / f"{tag}.log")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        assert server.poll() is None, (root / f"{tag}.log").read_text()[-3000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"server {tag} not healthy in 240 s:\n" + (root / f"{tag}.log").read_text()[-3000:])
+
+
+def wait_until(condition, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.25)
+    return condition()
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a killed engine is reparented to the server, which reaps it when it exits)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def named(space: Namespace, prefix: str) -> list[psutil.Process]:
+    found = []
+    for process in space.processes():
+        try:
+            if process.name().startswith(prefix):
+                found.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def stop(space: Namespace, server: subprocess.Popen, order: str, root: Path) -> None:
+    if order in ("sigterm", "sigint"):
+        os.killpg(server.pid, signal.SIGTERM if order == "sigterm" else signal.SIGINT)
+    elif order == "ray-stop":
+        space.popen([str(BIN / "ray"), "stop"], dict(os.environ), root / "ray-stop-command.log").wait(timeout=120)
+    elif order == "replica-killed":
+        [replica] = named(space, "ray::ServeRepli")
+        engines = [p.pid for p in replica.children(recursive=True) if p.name().startswith(ENGINE_NAMES)]
+        assert engines, "the replica's vLLM engine processes were not found"
+        replica.kill()
+        # the old engine goes with its replica (the reaper); Serve starts a new replica with a new engine
+        assert wait_until(lambda: not any(alive(pid) for pid in engines), 15), engines
+        os.killpg(server.pid, signal.SIGINT)
+    elif order == "raylet-killed":
+        [raylet] = named(space, "raylet")
+        raylet.kill()
+        assert wait_until(lambda: not space.left(), 30), space.left()
+        os.killpg(server.pid, signal.SIGTERM)
+    # the driver (not nsenter, which a signal ends at once) has finished: a SIGTERM'd Serve shuts down for a while
+    assert wait_until(lambda: not named(space, "raylm"), 120), "raylm serve did not exit"
+    server.wait(timeout=10)
+
+
+@pytest.mark.parametrize("order", ["sigterm", "sigint", "ray-stop", "replica-killed", "raylet-killed"])
+def test_nothing_outlives_the_server(namespace, scripted_checkpoint, tmp_path_factory, order):
+    checkpoint, _, _ = scripted_checkpoint
+    root = tmp_path_factory.mktemp(f"serve-{order}")
+    port = PORT
+    server = start_server(namespace, checkpoint.uri(), port, root, order)
+    assert any(name == "haproxy" for name in namespace.left().values())  # the ingress under test is up
+    stop(namespace, server, order, root)
+    assert wait_until(lambda: not namespace.left(), 20), f"left after {order}: {namespace.left()}"
+    # the port is free again: the next test's server (same port) must start healthy
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))
+
+
+def test_a_taken_port_fails_the_start_at_once(namespace, scripted_checkpoint, tmp_path):
+    checkpoint, _, _ = scripted_checkpoint
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", PORT))
+        squatter.listen()
+        start = time.perf_counter()
+        result = subprocess.run([str(BIN / "raylm"), "serve", "--checkpoint", checkpoint.uri(), "--port", str(PORT),
+                                 "-o", f"storage.uri={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and time.perf_counter() - start < 30
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and f"port {PORT} on 127.0.0.1 is taken by" in error[0] and f"pid {os.getpid()}" in error[0]
+
+
+def test_leftover_engine_blocks_the_start(namespace, tmp_path, scripted_checkpoint):
+    """An engine process of an earlier raylm server, orphaned, makes the next start refuse, naming it."""
+    checkpoint, _, _ = scripted_checkpoint
+    fake = ("import setproctitle, time; setproctitle.setproctitle('VLLM::EngineCore'); time.sleep(120)")
+    env = dict(os.environ)
+    # started through nsenter, which exits: the process is reparented to the namespace's init, an orphan
+    namespace.popen(["sh", "-c", f"{BIN / 'python'} -c \"{fake}\" &"], env, tmp_path / "fake.log").wait()
+    assert wait_until(lambda: named(namespace, "VLLM::EngineCor"), 10)
+    [orphan] = named(namespace, "VLLM::EngineCor")
+    try:
+        result = subprocess.run([str(BIN / "raylm"), "serve", "--checkpoint", checkpoint.uri(), "--port",
+                                 str(free_port()), "-o", f"storage.uri={tmp_path}"], capture_output=True, text=True,
+                                timeout=60)  # refused before Ray starts, or it would be a server outside the namespace
+        assert result.returncode == 2 and f"pids {orphan.pid}" in result.stderr, result.stderr[-2000:]
+    finally:
+        orphan.kill()
+
+
+PORT = free_port()
