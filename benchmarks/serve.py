@@ -20,6 +20,8 @@ requests), failed requests. The load generator runs on the same machine.
     python benchmarks/serve.py --servers raylm-per-token vllm-interval4     # the other streaming settings
     python benchmarks/serve.py --servers raylm raylm-python-proxy vllm      # HAProxy vs Serve's Python proxy
     python benchmarks/serve.py --servers raylm raylm-uncolocated vllm-colocated vllm   # engine-core placement
+    git worktree add /tmp/before HEAD~1 && python benchmarks/serve.py --servers raylm raylm-baseline \
+        vllm-colocated --baseline-tree /tmp/before                                    # before/after a change
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> flo
 # raylm-python-proxy: Serve's Python proxy actor in front of the replica instead of HAProxy (raylm's default).
 # raylm-uncolocated: vLLM's engine core left where the OS puts it; vllm-colocated: vLLM's server with its
 # engine core moved onto its worker's cores as raylm does (raylm/serve/placement.py, applied from outside).
-SERVERS = {"raylm": [], "raylm-per-token": ["-o", "serve.stream_interval_ms=0"], "raylm-python-proxy": [],
+SERVERS = {"raylm": [], "raylm-baseline": [], "raylm-per-token": ["-o", "serve.stream_interval_ms=0"], "raylm-python-proxy": [],
            "raylm-uncolocated": ["-o", "serve.colocate_engine_core=false"],
            "vllm": [], "vllm-interval4": ["--stream-interval", "4"], "vllm-colocated": []}
 SERVER_ENV = {"raylm-python-proxy": {"RAY_SERVE_ENABLE_HA_PROXY": "0"}}
@@ -179,8 +181,14 @@ def start_server(name: str, args, context: int) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
            "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1", **SERVER_ENV.get(name, {})}
     env.pop(args.api_key_env, None)
+    cwd = ROOT
+    if name == "raylm-baseline":  # raylm from another source tree (e.g. `git worktree add /tmp/before HEAD~1`)
+        if not args.baseline_tree:
+            raise SystemExit("raylm-baseline needs --baseline-tree DIR")
+        cwd = Path(args.baseline_tree).resolve()
+        env["PYTHONPATH"] = str(cwd)  # the driver and Ray's workers (which inherit it) import that raylm
     log = open(Path(args.out) / f"serve_{name}.log", "w")
-    process = subprocess.Popen(server_command(name, args.checkpoint, port, context), cwd=ROOT, env=env,
+    process = subprocess.Popen(server_command(name, args.checkpoint, port, context), cwd=cwd, env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return process, f"http://127.0.0.1:{port}"
 
@@ -218,6 +226,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--api-key-env", default="RAYLM_API_KEY")
     parser.add_argument("--out", default="benchmarks/out")
+    parser.add_argument("--baseline-tree", help="source tree that raylm-baseline runs (before/after a change)")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     args.checkpoint = str(Path(args.checkpoint).resolve())

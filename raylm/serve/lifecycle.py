@@ -114,9 +114,10 @@ def leftover_engines() -> list[psutil.Process]:
     """vLLM engine processes whose frontend is gone: reparented to an init process (the machine's or a
     container's), they still hold their memory and a core. A live engine is always its frontend's child."""
     left = []
-    for process in psutil.process_iter(["name", "ppid"]):
+    for process in psutil.process_iter(["name", "ppid", "status"]):
         try:
-            if (process.info["name"] or "").startswith(ENGINE_NAMES) and _is_init(process.info["ppid"]):
+            if ((process.info["name"] or "").startswith(ENGINE_NAMES) and _is_init(process.info["ppid"])
+                    and process.info["status"] != psutil.STATUS_ZOMBIE):  # a zombie holds nothing
                 left.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass

@@ -175,12 +175,14 @@ def test_haproxy_serves_only_the_api_to_the_network(served):
     import psutil
 
     url, settings, _ = served
-    [haproxy] = [p for p in psutil.Process().children(recursive=True) if p.name() == "haproxy"]
-    config = haproxy.cmdline()[haproxy.cmdline().index("-f") + 1]
-    assert config.endswith(".raylm")  # the hardened copy (raylm/serve/lifecycle.py)
-    [socket_path] = re.findall(r"stats socket (\S+) mode 600", open(config).read())
-    assert stat.S_IMODE(os.stat(socket_path).st_mode) & 0o077 == 0
-    listening = {c.laddr for c in haproxy.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
-    api_port = int(url.rsplit(":", 1)[1])
-    assert any(a.port == api_port for a in listening) and len(listening) >= 3  # API, stats, metrics
+    haproxies = [p for p in psutil.Process().children(recursive=True) if p.name() == "haproxy"]
+    assert haproxies  # one per config reload while the old one drains
+    listening = set()
+    for haproxy in haproxies:
+        config = haproxy.cmdline()[haproxy.cmdline().index("-f") + 1]
+        assert config.endswith(".raylm")  # the hardened copy (raylm/serve/lifecycle.py)
+        [socket_path] = re.findall(r"stats socket (\S+) mode 600", open(config).read())
+        assert stat.S_IMODE(os.stat(socket_path).st_mode) & 0o077 == 0
+        listening |= {c.laddr for c in haproxy.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    assert any(a.port == int(url.rsplit(":", 1)[1]) for a in listening) and len(listening) >= 3  # API, stats, metrics
     assert all(a.ip == "127.0.0.1" for a in listening), listening

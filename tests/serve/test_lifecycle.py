@@ -5,7 +5,7 @@ Each server runs in a PID namespace of its own (`unshare --pid`, entered with `n
 `ray stop` stops only that server's Ray and not this test session's, and so that whatever a stop leaves
 behind is reparented to the namespace's holder process, where it is found. The namespace shares the
 network: ports are the machine's. Orders: SIGTERM and SIGINT to the server's process group, `ray stop`,
-a SIGKILLed replica (Serve replaces it; the old engine must go), a SIGKILLed raylet.
+a SIGKILLed replica (Serve replaces it; the old engine must go) and then a SIGKILLed raylet.
 """
 
 from __future__ import annotations
@@ -93,11 +93,8 @@ def start_server(space: Namespace, checkpoint: str, port: int, root: Path, tag: 
     deadline = time.time() + 240
     while time.time() < deadline:
         assert server.poll() is None, (root / f"{tag}.log").read_text()[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
+        if healthy(port):
+            return server
         time.sleep(1)
     raise AssertionError(f"server {tag} not healthy in 240 s:\n" + (root / f"{tag}.log").read_text()[-3000:])
 
@@ -130,20 +127,26 @@ def named(space: Namespace, prefix: str) -> list[psutil.Process]:
     return found
 
 
-def stop(space: Namespace, server: subprocess.Popen, order: str, root: Path) -> None:
+def healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stop(space: Namespace, server: subprocess.Popen, order: str, root: Path, port: int) -> None:
     if order in ("sigterm", "sigint"):
         os.killpg(server.pid, signal.SIGTERM if order == "sigterm" else signal.SIGINT)
     elif order == "ray-stop":
         space.popen([str(BIN / "ray"), "stop"], dict(os.environ), root / "ray-stop-command.log").wait(timeout=120)
-    elif order == "replica-killed":
+    elif order == "replica-then-raylet-killed":
         [replica] = named(space, "ray::ServeRepli")
         engines = [p.pid for p in replica.children(recursive=True) if p.name().startswith(ENGINE_NAMES)]
         assert engines, "the replica's vLLM engine processes were not found"
         replica.kill()
         # the old engine goes with its replica (the reaper); Serve starts a new replica with a new engine
         assert wait_until(lambda: not any(alive(pid) for pid in engines), 15), engines
-        os.killpg(server.pid, signal.SIGINT)
-    elif order == "raylet-killed":
+        assert wait_until(lambda: healthy(port), 180), "no new replica after the old one was killed"
         [raylet] = named(space, "raylet")
         raylet.kill()
         assert wait_until(lambda: not space.left(), 30), space.left()
@@ -153,14 +156,14 @@ def stop(space: Namespace, server: subprocess.Popen, order: str, root: Path) -> 
     server.wait(timeout=10)
 
 
-@pytest.mark.parametrize("order", ["sigterm", "sigint", "ray-stop", "replica-killed", "raylet-killed"])
+@pytest.mark.parametrize("order", ["sigterm", "sigint", "ray-stop", "replica-then-raylet-killed"])
 def test_nothing_outlives_the_server(namespace, scripted_checkpoint, tmp_path_factory, order):
     checkpoint, _, _ = scripted_checkpoint
     root = tmp_path_factory.mktemp(f"serve-{order}")
     port = PORT
     server = start_server(namespace, checkpoint.uri(), port, root, order)
     assert any(name == "haproxy" for name in namespace.left().values())  # the ingress under test is up
-    stop(namespace, server, order, root)
+    stop(namespace, server, order, root, port)
     assert wait_until(lambda: not namespace.left(), 20), f"left after {order}: {namespace.left()}"
     # the port is free again: the next test's server (same port) must start healthy
     with socket.socket() as probe:
