@@ -66,16 +66,21 @@ def haproxy_main() -> None:
     os.execv(real, [real, *args])
 
 
-def engine_processes(parent: int | None = None) -> list[psutil.Process]:
-    """vLLM's engine core and worker processes under `parent` (default: this process)."""
+def named(processes: list[psutil.Process], prefixes: str | tuple[str, ...]) -> list[psutil.Process]:
+    """Those of `processes` whose name starts with `prefixes` (one or several); gone ones are skipped."""
     found = []
-    for child in psutil.Process(parent or os.getpid()).children(recursive=True):
+    for process in processes:
         try:
-            if child.name().startswith(ENGINE_NAMES):
-                found.append(child)
+            if process.name().startswith(prefixes):
+                found.append(process)
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+def engine_processes(parent: int | None = None) -> list[psutil.Process]:
+    """vLLM's engine core and worker processes under `parent` (default: this process)."""
+    return named(psutil.Process(parent or os.getpid()).children(recursive=True), ENGINE_NAMES)
 
 
 def reap_with_parent(pids: list[int]) -> subprocess.Popen | None:

@@ -27,18 +27,9 @@ import os
 
 import psutil
 
-ENGINE_CORE, WORKER = "VLLM::EngineCor", "VLLM::Worker"  # process names (15 characters, as the kernel keeps them)
+from raylm.serve.lifecycle import ENGINE_NAMES, named
 
-
-def _named(processes: list[psutil.Process], prefix: str) -> list[psutil.Process]:
-    found = []
-    for process in processes:
-        try:
-            if process.name().startswith(prefix):
-                found.append(process)
-        except psutil.NoSuchProcess:
-            pass
-    return found
+ENGINE_CORE, WORKER = ENGINE_NAMES  # process names (15 characters, as the kernel keeps them)
 
 
 class EngineCorePlacement:
@@ -54,7 +45,7 @@ class EngineCorePlacement:
     def __init__(self, parent: int | None = None, busy: int = 2):
         root = psutil.Process(parent or os.getpid())
         family = root.children(recursive=True)
-        self.cores, workers = _named(family, ENGINE_CORE), _named(family, WORKER)
+        self.cores, workers = named(family, ENGINE_CORE), named(family, WORKER)
         self.busy = busy
         self.all_cpus = sorted(root.cpu_affinity())
         self.worker_cpus = sorted(set().union(*(worker.cpu_affinity() for worker in workers))) if workers else []

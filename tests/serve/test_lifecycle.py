@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from raylm.serve.lifecycle import ENGINE_NAMES
+from raylm.serve.lifecycle import ENGINE_NAMES, named
 from tests.serve.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -63,14 +63,7 @@ class Namespace:
 
     def left(self) -> dict[int, str]:
         """Engine and HAProxy processes alive in the namespace."""
-        found = {}
-        for process in self.processes():
-            try:
-                if process.name().startswith(LEFT_NAMES):
-                    found[process.pid] = process.name()
-            except psutil.NoSuchProcess:
-                pass
-        return found
+        return {process.pid: process.name() for process in named(self.processes(), LEFT_NAMES)}
 
     def close(self) -> None:
         os.killpg(self.holder.pid, signal.SIGKILL)  # the namespace's init dies: the kernel kills the rest
@@ -116,17 +109,6 @@ def alive(pid: int) -> bool:
         return False
 
 
-def named(space: Namespace, prefix: str) -> list[psutil.Process]:
-    found = []
-    for process in space.processes():
-        try:
-            if process.name().startswith(prefix):
-                found.append(process)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
 def healthy(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
@@ -140,19 +122,19 @@ def stop(space: Namespace, server: subprocess.Popen, order: str, root: Path, por
     elif order == "ray-stop":
         space.popen([str(BIN / "ray"), "stop"], dict(os.environ), root / "ray-stop-command.log").wait(timeout=120)
     elif order == "replica-then-raylet-killed":
-        [replica] = named(space, "ray::ServeRepli")
+        [replica] = named(space.processes(), "ray::ServeRepli")
         engines = [p.pid for p in replica.children(recursive=True) if p.name().startswith(ENGINE_NAMES)]
         assert engines, "the replica's vLLM engine processes were not found"
         replica.kill()
         # the old engine goes with its replica (the reaper); Serve starts a new replica with a new engine
         assert wait_until(lambda: not any(alive(pid) for pid in engines), 15), engines
         assert wait_until(lambda: healthy(port), 180), "no new replica after the old one was killed"
-        [raylet] = named(space, "raylet")
+        [raylet] = named(space.processes(), "raylet")
         raylet.kill()
         assert wait_until(lambda: not space.left(), 30), space.left()
         os.killpg(server.pid, signal.SIGTERM)
     # the driver (not nsenter, which a signal ends at once) has finished: a SIGTERM'd Serve shuts down for a while
-    assert wait_until(lambda: not named(space, "raylm"), 120), "raylm serve did not exit"
+    assert wait_until(lambda: not named(space.processes(), "raylm"), 120), "raylm serve did not exit"
     server.wait(timeout=10)
 
 
@@ -190,8 +172,8 @@ def test_leftover_engine_blocks_the_start(namespace, tmp_path, scripted_checkpoi
     env = dict(os.environ)
     # started through nsenter, which exits: the process is reparented to the namespace's init, an orphan
     namespace.popen(["sh", "-c", f"{BIN / 'python'} -c \"{fake}\" &"], env, tmp_path / "fake.log").wait()
-    assert wait_until(lambda: named(namespace, "VLLM::EngineCor"), 10)
-    [orphan] = named(namespace, "VLLM::EngineCor")
+    assert wait_until(lambda: named(namespace.processes(), "VLLM::EngineCor"), 10)
+    [orphan] = named(namespace.processes(), "VLLM::EngineCor")
     try:
         result = subprocess.run([str(BIN / "raylm"), "serve", "--checkpoint", checkpoint.uri(), "--port",
                                  str(free_port()), "-o", f"storage.uri={tmp_path}"], capture_output=True, text=True,
