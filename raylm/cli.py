@@ -229,8 +229,8 @@ def stop_local_server(processes, code: int) -> None:
         stopper = threading.Thread(target=serve.shutdown, daemon=True)
         stopper.start()
         stopper.join(timeout=20)
-    if killed := processes.kill_all():
-        print(f"[serve] ended {killed} leftover process(es) of the local Ray", flush=True)
+    if killed := processes.kill_all():  # Ray's own (raylet, GCS, agents) and whatever a signal left behind
+        print(f"[serve] local Ray stopped ({killed} processes)", flush=True)
     remove_private_key_files()
     sys.stdout.flush()
     sys.stderr.flush()
