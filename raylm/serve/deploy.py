@@ -110,9 +110,10 @@ def deploy(settings: ServeConfig, checkpoint: Storage, search_db: Storage | None
     return f"http://{host}:{port}"
 
 
-KEY_FOLDERS: list[str] = []
+KEY_FOLDERS: list[str] = []  # private_key_file's folders, removed at exit (or by raylm serve's own stop)
 
 
+@atexit.register
 def remove_private_key_files() -> None:
     while KEY_FOLDERS:
         shutil.rmtree(KEY_FOLDERS.pop(), ignore_errors=True)
@@ -126,7 +127,6 @@ def private_key_file(settings: ServeConfig) -> str | None:
         return None
     folder = tempfile.mkdtemp(prefix="raylm-key-")  # mode 0700
     KEY_FOLDERS.append(folder)
-    atexit.register(remove_private_key_files)
     path = os.path.join(folder, "api-key")
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
         out.write(key)

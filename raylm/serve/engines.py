@@ -116,7 +116,8 @@ class TorchAsyncEngine:
             async for tokens in self._generate(ids, sampling, stop_ids):
                 yield tokens
 
-    async def _generate(self, ids: list[int], sampling: Sampling, stop_ids: tuple[int, ...]) -> AsyncIterator[list[int]]:
+    async def _generate(self, ids: list[int], sampling: Sampling,
+                        stop_ids: tuple[int, ...]) -> AsyncIterator[list[int]]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()

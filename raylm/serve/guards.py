@@ -44,14 +44,14 @@ def load_api_key(settings: ServeConfig) -> str | None:
         try:
             key = Path(settings.api_key_file).read_text().strip()
         except OSError as err:
-            raise MissingKeyError(f"serve.api_key_file {settings.api_key_file} cannot be read ({err.strerror}): "
-                            f"refusing to serve without the key") from None
+            raise MissingKeyError(f"serve.api_key_file {settings.api_key_file} cannot be read "
+                                  f"({err.strerror}): refusing to serve without the key") from None
         source = f"serve.api_key_file {settings.api_key_file}"
     elif settings.api_key_env in os.environ:
         key, source = os.environ[settings.api_key_env].strip(), f"${settings.api_key_env}"
     elif settings.require_api_key:
-        raise MissingKeyError(f"serve.require_api_key is set but neither serve.api_key_file nor ${settings.api_key_env} "
-                        f"holds a key on this node: refusing to serve an open API")
+        raise MissingKeyError(f"serve.require_api_key is set but neither serve.api_key_file nor "
+                              f"${settings.api_key_env} holds a key on this node: refusing to serve an open API")
     else:
         return None
     if not key:

@@ -93,23 +93,14 @@ def reap_with_parent(pids: list[int]) -> subprocess.Popen | None:
 
 
 def _watch(owner: int, pids: list[int], period_s: float = 0.2) -> None:
-    try:
-        watched = psutil.Process(owner)
-        targets = [psutil.Process(pid) for pid in pids]
-    except psutil.NoSuchProcess:
-        watched, targets = None, []
-        for pid in pids:
-            try:
-                targets.append(psutil.Process(pid))
-            except psutil.NoSuchProcess:
-                pass
-    while watched is not None and watched.is_running() and watched.status() != psutil.STATUS_ZOMBIE:
-        if not any(t.is_running() for t in targets):
+    watched, targets = _process(owner), [t for t in map(_process, pids) if t]
+    while watched is not None and _running(watched):
+        if not any(_running(t) for t in targets):
             return  # the engine shut down cleanly: nothing left to guard
         time.sleep(period_s)
-    for target in targets:  # is_running() also checks the start time: a reused pid is never killed
+    for target in targets:  # _running() checks the start time too: a reused pid is never killed
         try:
-            if target.is_running():
+            if _running(target):
                 target.kill()
         except psutil.NoSuchProcess:
             pass
@@ -155,13 +146,7 @@ class LocalRayProcesses:
         ctypes.CDLL(None, use_errno=True).prctl(self.PR_SET_CHILD_SUBREAPER, 1)
 
     def raylet_alive(self) -> bool:
-        for process in psutil.Process().children(recursive=True):
-            try:
-                if process.name() == "raylet" and process.status() != psutil.STATUS_ZOMBIE:
-                    return True
-            except psutil.NoSuchProcess:
-                pass
-        return False
+        return any(_running(p) for p in named(psutil.Process().children(recursive=True), "raylet"))
 
     def kill_all(self, timeout_s: float = 20) -> int:
         """SIGKILL every descendant until none is left (one being killed may have just started a child, which
@@ -174,7 +159,8 @@ class LocalRayProcesses:
                 break
             # engines and HAProxy first: should this process be ended halfway (Ray's driver exits on its own
             # when its raylet or GCS is gone), what stays behind still has its reaper or parent-death signal
-            alive.sort(key=lambda p: not _named_any(p, (*ENGINE_NAMES, "haproxy")))
+            first = named(alive, (*ENGINE_NAMES, "haproxy"))
+            alive = first + [p for p in alive if p not in first]
             for process in alive:
                 try:
                     process.kill()
@@ -185,16 +171,17 @@ class LocalRayProcesses:
         return len(killed)
 
 
-def _named_any(process: psutil.Process, prefixes: tuple[str, ...]) -> bool:
+def _process(pid: int) -> psutil.Process | None:
     try:
-        return process.name().startswith(prefixes)
+        return psutil.Process(pid)
     except psutil.NoSuchProcess:
-        return False
+        return None
 
 
 def _running(process: psutil.Process) -> bool:
+    """Alive and not a zombie; False for a pid since reused by another process (psutil compares start times)."""
     try:
-        return process.status() != psutil.STATUS_ZOMBIE
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 

@@ -101,6 +101,12 @@ class Message(Strict):
             raise ValueError("content is required (null only on an assistant message with tool_calls)")
         return self
 
+    def text_size(self) -> int:
+        """Characters of text it carries (content, tool calls), counted without rendering it."""
+        content = self.content or ""
+        size = len(content) if isinstance(content, str) else sum(len(part.text) for part in content)
+        return size + sum(len(str(call.function.model_dump())) for call in self.tool_calls or [])
+
     def as_chat(self) -> dict:
         """The dict raylm/tokenizer/chat.py renders: text parts joined, OpenAI's `developer` read as `system`."""
         content = self.content
@@ -179,8 +185,7 @@ class ChatRequest(Request):
         return [message.as_chat() for message in self.messages]
 
     def text_size(self) -> int:
-        return sum(len(m.get("content") or "") + sum(len(str(c["function"])) for c in m.get("tool_calls", []))
-                   for m in self.chat_messages())
+        return sum(message.text_size() for message in self.messages)
 
 
 class CompletionRequest(Request):

@@ -41,7 +41,8 @@ def test_type_a_message_and_see_the_streamed_answer(browser, served):
     assert page.is_visible("#key") and "API key" in page.inner_text("#model")   # 401: settings open
     assert page.input_value("#system") == ""
     headers = response.headers
-    assert "frame-ancestors 'none'" in headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
     page.fill("#key", API_KEY)
     page.wait_for_selector("#model:has-text('search')")                # tools listed in the header
     assert page.input_value("#system").startswith("You are raylm")     # the default identity, editable
