@@ -175,8 +175,11 @@ def serve_model(cfg: RunConfig, checkpoint: Storage, port: int | None = None) ->
     config_file = write_serve_config(cfg.serve, checkpoint, search_db, run.storage,
                                      f"{cfg.name}/serve/serve_config.yaml")
     if on_cluster(cfg):
+        if os.environ.get(cfg.serve.api_key_env) is not None and not cfg.serve.api_key_file:
+            print(f"[serve] note: ${cfg.serve.api_key_env} of this shell does not reach the cluster's replicas; "
+                  f"they read their key from their pods (serve.api_key_file, cluster/secrets.yaml)", flush=True)
         init_ray(cfg)
-        url = deploy(cfg.serve, checkpoint, search_db, port)
+        url = deploy(cfg.serve, checkpoint, search_db, port, local=False)
         print(how_to_query(url, cfg.serve))
         print(f"  cluster:    serve deploy {config_file}", flush=True)
         print("[serve] deployed on the cluster; it keeps serving after this job ends (`serve shutdown` stops it)")

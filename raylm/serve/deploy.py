@@ -91,14 +91,18 @@ def write_serve_config(settings: ServeConfig, checkpoint: Storage, search_db: St
     return out.uri(rel)
 
 
-def deploy(settings: ServeConfig, checkpoint: Storage, search_db: Storage | None, port: int | None = None) -> str:
-    """Start Serve's proxy and deploy the app (Ray must be initialised); returns the base URL once it is ready."""
+def deploy(settings: ServeConfig, checkpoint: Storage, search_db: Storage | None, port: int | None = None,
+           local: bool = True) -> str:
+    """Start Serve's proxy and deploy the app (Ray must be initialised); returns the base URL once it is ready.
+
+    `local`: a Ray on this machine, whose replicas can read this shell's $RAYLM_API_KEY from a private file
+    here; a cluster's replicas, on other nodes, read their key from their own pods (serve.api_key_file)."""
     from ray import serve
 
     port = port or settings.port
     env = {"VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib), "TOKENIZERS_PARALLELISM": "false",
            "VLLM_LOGGING_LEVEL": "WARNING"}
-    if not settings.api_key_file and (key_file := private_key_file(settings)):
+    if local and not settings.api_key_file and (key_file := private_key_file(settings)):
         settings = settings.model_copy(update={"api_key_file": key_file})
     serve.start(http_options={"host": settings.host, "port": port}, proxy_location=settings.proxy_location)
     application = build(app_args(settings, checkpoint, search_db), env)
