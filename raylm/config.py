@@ -223,6 +223,61 @@ class RlConfig(Strict):
     seed: int = 0
 
 
+class PreferencesConfig(Strict):
+    """Preference labels (raylm/rlhf): open-ended prompts, k sampled answers each, ranked by people or the
+    synthetic rater, kept in a database (raylm/rlhf/labels.py)."""
+
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the label database (PostgreSQL on a "
+                                     "cluster); None: SQLite at <run>/labels/labels.db (local storage only)")
+    family: str = Field("poem", description="open-ended task family the prompts come from (raylm/tasks)")
+    items: int = Field(600, ge=1, description="prompts sampled for labeling per model")
+    answers_per_item: int = Field(4, ge=2, le=8, description="k answers shown together and ranked")
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(64, ge=1)
+    rater: Literal["synthetic", "human"] = Field("synthetic", description="synthetic: raylm/rlhf/rater.py ranks "
+                                                  "every item (tiny preset, tests); human: `raylm label`")
+    rater_agreement: float = Field(0.75, gt=0.5, le=1, description="the synthetic rater's noise is tuned so "
+                                   "that this share of its pairs agree with its noise-free order")
+    overlap: int = Field(1, ge=1, description="labelers per item (>1 measures agreement)")
+    lease_s: float = Field(900, gt=0, description="an item shown to a labeler is held for them this long")
+    host: str = Field("127.0.0.1", description="`raylm label`: address of the labeling page")
+    port: int = Field(8001, ge=1, le=65535)
+    seed: int = 7
+
+
+class RewardConfig(TrainConfig):
+    """Bradley-Terry reward models on the rankings (raylm/rlhf/reward.py): the proxy RL optimises, and a
+    watcher trained on the disjoint other half of the items (the hacking alarm)."""
+
+    num_workers: int = Field(2, ge=1)
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1, description="rankings per worker per step (all k answers of each)")
+    lr: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    eval_every: int = Field(100, ge=1)
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="share of subjects held out for accuracy")
+    scorer_actors: int = Field(1, ge=1, description="Ray actors scoring RL samples with the reward model")
+    scorer_cpus: float = Field(0.0, ge=0, description="0 on a laptop: scoring runs while rollouts wait")
+
+
+class RlhfConfig(RlConfig):
+    """RL against the reward model (raylm/rlhf/driver.py), with KL to SFT and the hacking alarm."""
+
+    families: list[str] = Field(default_factory=lambda: ["poem"])
+    reward: str = Field("reward_model", description="fixed: the reward step's proxy model scores samples")
+    kl_coef: float = Field(0.05, ge=0, description="KL to the SFT model (k3); KL is logged also when 0")
+    normalize_reward: bool = Field(True, description="whiten reward-model scores over each batch")
+    length_penalty: float = Field(0.0, ge=0, description="subtracted per response token (normalised units)")
+    validation_prompts: int = Field(64, ge=1, description="held-out prompts scored by the watcher every eval")
+    alarm: Literal["stop", "rollback", "off"] = Field("rollback", description="when the alarm fires: stop and "
+                                                        "keep the best checkpoint, or roll back and stop")
+    alarm_support: float = Field(0.3, gt=0, le=1, description="fires when this share of samples is longer or "
+                                 "more repetitive than any answer the reward model was trained on")
+    alarm_divergence: float = Field(0.5, gt=0, description="fires when the watcher's validation score falls "
+                                    "this far (in its std units) below its best while the proxy's rises")
+
+
 class EvalConfig(Strict):
     num_per_family: int = Field(60, ge=1, description="held-out tasks per family")
     seed: int = Field(1234, description="seed of the held-out tasks; differs from sft.data_seed")
@@ -287,6 +342,9 @@ class RunConfig(Strict):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
     rl: RlConfig = Field(default_factory=RlConfig)
+    preferences: PreferencesConfig = Field(default_factory=PreferencesConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    rlhf: RlhfConfig = Field(default_factory=RlhfConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
