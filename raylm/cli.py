@@ -8,6 +8,7 @@
     raylm eval --checkpoint runs/tiny/pretrain/hf runs/tiny/sft/hf --json /tmp/eval.json
     raylm chat --checkpoint runs/tiny/sft/hf
     raylm serve [--checkpoint runs/tiny/rl/hf] [--port 8000]   # OpenAI-compatible API + chat page
+    raylm label [--port 8001] | raylm label --export prefs.jsonl | raylm label --import pairs.jsonl
     raylm submit --address http://HEAD:8265 run --config cluster --name big   # a Ray job on a cluster
     raylm jobs list | raylm jobs logs ID --follow | raylm cluster check --address http://HEAD:8265
 
@@ -37,7 +38,7 @@ from raylm.runs import hold_lock
 from raylm.steps import GRAPH, Run
 from raylm.storage import Storage
 
-PIPELINE = ["data", "search", "tokenizer", "pretrain", "sft", "rl", "eval"]  # `run` order; then it serves
+PIPELINE = ["data", "search", "tokenizer", "pretrain", "sft", "rl", "preferences", "reward", "rlhf", "eval"]  # `run` order; then it serves
 
 
 def new_run(cfg: RunConfig) -> Run:
@@ -247,6 +248,35 @@ def cmd_serve(cfg: RunConfig, args) -> None:
     serve_model(cfg, checkpoint, args.port)
 
 
+def cmd_label(cfg: RunConfig, args) -> int:
+    """The labeling page over the run's label database until Ctrl-C; or --export / --import TRL JSONL."""
+    from raylm.rlhf.labels import LabelStore, label_database_url, shown_url
+
+    url = label_database_url(cfg)
+    try:
+        store = LabelStore(url)
+        if args.export:
+            print(f"[label] {store.export_trl(args.export)} preference pairs written to {args.export} (TRL)")
+            return 0
+        if args.import_file:
+            print(f"[label] {store.import_pairs(args.import_file)} pairs imported into {shown_url(url)}")
+            return 0
+    except (ValueError, OSError) as err:  # a bad line, a missing file: one line for the user
+        raise InputError(str(err)) from None
+    waiting, total = store.count_open(cfg.preferences.overlap), store.count_items()
+    if not waiting:
+        held = f"all {total} items in it are ranked or flagged" if total else "it holds no items"
+        print(f"raylm label: nothing to label in {shown_url(url)} ({held}): run `raylm preferences` first",
+              file=sys.stderr)
+        return 1
+    if args.port:
+        cfg.preferences.port = args.port
+    print(f"[label] {waiting} of {total} items wait for labels in {shown_url(url)}", flush=True)
+    from raylm.rlhf.label_app import serve_label_page  # Ray and Serve: only when a page is served
+
+    return serve_label_page(cfg, url)
+
+
 def cmd_sweep(cfg: RunConfig, args) -> None:
     from raylm.train.tune import run_sweep
 
@@ -388,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="HTTP port (default: config serve.port, 8000)")
     serve.add_argument("--engine", choices=["vllm", "torch"], help="replica engine (default: config serve.engine)")
     serve.set_defaults(fn=cmd_serve)
+    label = sub.add_parser("label", parents=[common], help="rank sampled answers on a web page (RLHF labels)")
+    label.add_argument("--port", type=int, help="HTTP port of the page (default: config preferences.port, 8001)")
+    once = label.add_mutually_exclusive_group()
+    once.add_argument("--export", metavar="FILE", help="write the preference pairs as TRL JSONL, no server")
+    once.add_argument("--import", dest="import_file", metavar="FILE",
+                      help="add chosen/rejected JSONL pairs (TRL or plain strings) as ranked items, no server")
+    label.set_defaults(fn=cmd_label)
     run = sub.add_parser("run", parents=[common], help="every step end to end, resuming finished ones; then serves")
     run.add_argument("--no-serve", action="store_true", help="stop after the eval step instead of serving")
     run.set_defaults(fn=cmd_run)

@@ -171,7 +171,7 @@ class PretrainConfig(TrainConfig):
 
 
 DEFAULT_MIX = {"arithmetic": 3000, "compare": 2000, "spelling": 2000, "identity": 1500,
-               "unknown_entities": 1500, "search": 1500}
+               "unknown_entities": 1500, "search": 1500, "poem": 1500}
 
 
 class SftConfig(TrainConfig):
@@ -269,7 +269,8 @@ class RlhfConfig(RlConfig):
     kl_coef: float = Field(0.05, ge=0, description="KL to the SFT model (k3); KL is logged also when 0")
     normalize_reward: bool = Field(True, description="whiten reward-model scores over each batch")
     length_penalty: float = Field(0.0, ge=0, description="subtracted per response token (normalised units)")
-    validation_prompts: int = Field(64, ge=1, description="held-out prompts scored by the watcher every eval")
+    validation_prompts: int = Field(64, ge=1, description="unseen prompts scored by the watcher every eval")
+    final_prompts: int = Field(300, ge=1, description="held-out-subject prompts of the final gold win rate")
     alarm: Literal["stop", "rollback", "off"] = Field("rollback", description="when the alarm fires: stop and "
                                                         "keep the best checkpoint, or roll back and stop")
     alarm_support: float = Field(0.3, gt=0, le=1, description="fires when this share of samples is longer or "

@@ -86,11 +86,29 @@ def _rl(cfg: RunConfig, inputs: Inputs, work: Work, key: str) -> dict:
     return run_rl(cfg.rl, inputs["sft"], work, f"{cfg.name}/rl_state/rl-{key}/state.pt")
 
 
+def _preferences(cfg: RunConfig, inputs: Inputs, work: Work, key: str) -> dict:
+    from raylm.rlhf.preferences import run_preferences
+
+    return run_preferences(cfg, inputs["sft"], work)
+
+
+def _reward(cfg: RunConfig, inputs: Inputs, work: Work, key: str) -> dict:
+    from raylm.rlhf.reward import run_reward
+
+    return run_reward(cfg, inputs["preferences"], inputs["sft"], work, key)
+
+
+def _rlhf(cfg: RunConfig, inputs: Inputs, work: Work, key: str) -> dict:
+    from raylm.rlhf.driver import run_rlhf
+
+    return run_rlhf(cfg, inputs["sft"], inputs["reward"], work, f"{cfg.name}/rl_state/rlhf-{key}/state.pt")
+
+
 def _eval(cfg: RunConfig, inputs: Inputs, work: Work, key: str) -> dict:
     from raylm.eval.capability import evaluate_many
     from raylm.eval.report import write_report
 
-    models = {name: inputs[name] for name in ("pretrain", "sft", "rl") if name in inputs}
+    models = {name: inputs[name] for name in ("pretrain", "sft", "rl", "rlhf") if name in inputs}
     tokenizer = inputs["tokenizer"]
     val = [tokenizer.storage.child(f"{tokenizer.rel}/shards/{s}")
            for s in tokenizer.metrics["shards"]["val"]["shards"]]
@@ -98,7 +116,7 @@ def _eval(cfg: RunConfig, inputs: Inputs, work: Work, key: str) -> dict:
                             cfg.pretrain.seq_len)
     for label, result in zip(models, results):
         result["label"] = label
-    print(write_report(results, work.local), flush=True)
+    print(write_report(results, work.local, rlhf=inputs["rlhf"].metrics if "rlhf" in inputs else None), flush=True)
     return {label: r["metrics"] for label, r in zip(models, results)}
 
 
@@ -109,8 +127,12 @@ GRAPH: dict[str, Step] = {step.name: step for step in [
     Step("pretrain", ("tokenizer",), _pretrain, "next-token pretraining on Ray Train; HF checkpoint"),
     Step("sft", ("pretrain",), _sft, "supervised fine-tuning on conversations (Ray Train); chat checkpoint"),
     Step("rl", ("sft",), _rl, "GRPO on verifiable tasks: vLLM rollout actors + a learner actor"),
+    Step("preferences", ("sft",), _preferences, "k answers per open-ended prompt from the SFT model, ranked "
+         "(synthetic rater, or people with `raylm label`) into the label database"),
+    Step("reward", ("preferences", "sft"), _reward, "Bradley-Terry reward models on the rankings (Ray Train)"),
+    Step("rlhf", ("sft", "reward"), _rlhf, "GRPO against the reward model with KL to SFT and a hacking alarm"),
     Step("eval", ("tokenizer", "pretrain", "sft"), _eval, "capability eval table of the run's models",
-         optional=("rl",)),
+         optional=("rl", "rlhf")),
 ]}
 
 

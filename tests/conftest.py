@@ -1,10 +1,12 @@
-"""Shared fixtures: one local Ray for the whole session, a tokenizer on the sample crawl, WARC helpers."""
+"""Shared fixtures: one local Ray for the whole session, a tokenizer on the sample crawl, WARC helpers, and a
+headless chromium for the page tests."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,26 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
+
+
+# Flags for a closed network: no background connections, no first-run work.
+CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's chromium driven by Playwright (`make setup` installs it), one per test module: a test opens its
+    own contexts (`chromium.new_context()`), each with a fresh profile (its own localStorage)."""
+    from playwright.sync_api import sync_playwright
+
+    if not shutil.which("chromium"):
+        pytest.fail("chromium is not installed: run `make setup` (installs Debian's chromium) "
+                    "or `apt-get install chromium`")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture(scope="session")

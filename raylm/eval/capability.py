@@ -14,6 +14,7 @@ the search tool serves each task's own documents. Metrics:
 - identity_consistency: the name/maker from the system message in the answer;
 - tool_call_validity: search questions answered by a well-formed call of a known tool;
 - protocol_adherence: replies that end their turn with <|im_end|> and nothing malformed;
+- poem_gold_score: the poem family's gold judge (raylm/tasks/poem.py), mean score over a flawless poem's;
 - val_bpb: bits per byte on the pretraining val shards (the base model's yardstick).
 """
 
@@ -32,6 +33,7 @@ from raylm.model.hf import load_pretrained
 from raylm.storage import Storage
 from raylm.tasks import families, generate_tasks, is_refusal
 from raylm.tasks.knowledge import search_documents
+from raylm.tasks.poem import gold_score
 from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import CALL_START, IM_START, ChatFormat
 from raylm.tools.calculator import calculate
@@ -98,6 +100,8 @@ def evaluate_checkpoint(checkpoint: Storage, cfg: EvalConfig, val_shards: list[S
         bool(r.tool_calls) and all(name in KNOWN_TOOLS and argument for name, argument in r.tool_calls)
         for r in searches) / max(1, len(searches))
     metrics["protocol_adherence"] = sum(_well_formed(r) for r in replies) / len(replies)
+    poems = [gold_score(t.answer, r.answer) / 3 for t, r in zip(tasks, replies) if t.family == "poem"]
+    metrics["poem_gold_score"] = sum(poems) / max(1, len(poems))  # the gold judge's mean, as a share of flawless
     metrics["val_bpb"] = val_bpb(model, folder, val_shards, seq_len) if val_shards else math.nan
     metrics["mean_reply_tokens"] = sum(r.generated for r in replies) / len(replies)
     examples = {}

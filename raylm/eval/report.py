@@ -38,6 +38,22 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def rlhf_section(metrics: dict) -> str:
+    """The rlhf step's own measures (its manifest's metrics), under the table."""
+    win = metrics["final_gold_win_rate"]
+    kept, alarm = metrics["kept"], metrics.get("alarm")
+    lines = ["", "## RLHF", "",
+             f"- reward model (proxy) held-out pair accuracy: {metrics['reward_accuracy']:.1%} against the labels, "
+             f"{metrics['reward_gold_accuracy']:.1%} against the gold judge's order",
+             f"- gold-judge win rate of the kept RLHF checkpoint (step {metrics['kept_step']}) over SFT: "
+             f"{win['win_rate']:.1%} (95% CI {win['ci95'][0]:.1%}-{win['ci95'][1]:.1%}, {win['prompts']} held-out "
+             f"prompts)",
+             f"- KL to SFT per answer at the kept step: {kept.get('kl_seq', 0.0):.2f} nats; answer length "
+             f"{kept['val/length']:.1f} tokens (kl_coef {metrics['kl_coef']})",
+             f"- hacking alarm: " + (f"fired at step {alarm['step']}: {alarm['reason']}" if alarm else "did not fire")]
+    return "\n".join(lines)
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -61,10 +77,10 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(results: list[dict], out_dir: Path, json_path: Path | None = None) -> str:
+def write_report(results: list[dict], out_dir: Path, json_path: Path | None = None, rlhf: dict | None = None) -> str:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(results)
+    table = markdown_table(results) + (rlhf_section(rlhf) if rlhf else "")
     (out_dir / "report.md").write_text("# Capability eval\n\n" + table + "\n")
     payload = json.dumps(results, indent=2, default=str)
     (out_dir / "results.json").write_text(payload)

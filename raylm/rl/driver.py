@@ -25,7 +25,7 @@ import torch
 from raylm.config import ConfigError, RlConfig
 from raylm.rl.grpo import group_advantages
 from raylm.rl.learner import Learner
-from raylm.rl.rollout import RolloutPool
+from raylm.rl.rollout import RolloutPool, Sample
 from raylm.runs import StepResult, Work
 from raylm.tasks import Task, families, generate_tasks
 from raylm.tokenizer.bpe import load
@@ -141,37 +141,14 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
                         **pass_at_1(pool, chat, eval_tasks, cfg.max_new_tokens)})
         print(f"[rl] {pool.engine} rollouts ready; start: " + _fmt(history[0]) +
               f" ({time.perf_counter() - started:.0f}s)", flush=True)
+
+    def score(tasks: list[Task], groups: list[list[Sample]]) -> tuple[torch.Tensor, dict]:
+        return torch.tensor([[float(reward(task, answer_text(chat.parse(s.ids)))) for s in group]
+                             for task, group in zip(tasks, groups)]), {}
+
     for step in range(start, cfg.steps):
-        timings = {}
-        t0 = time.perf_counter()
-        tasks = step_tasks(cfg, step)
-        prompts = [chat.prompt(t.messages) for t in tasks]
-        groups = pool.generate(prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens, seed=cfg.seed + step)
-        timings["generate_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        rewards = torch.tensor([[float(reward(task, answer_text(chat.parse(s.ids)))) for s in group]
-                                for task, group in zip(tasks, groups)])
-        advantages = group_advantages(rewards)
-        timings["score_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        batch = [{"prompt": prompt, "response": sample.ids, "advantage": float(advantages[i, j])}
-                 for i, (prompt, group) in enumerate(zip(prompts, groups)) for j, sample in enumerate(group)]
-        metrics = ray.get(learner.update.remote(batch))
-        timings["train_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        blob = ray.get(learner.weights.remote())
-        metrics["reload_s"] = pool.load_weights(blob)
-        timings["sync_s"] = time.perf_counter() - t0
-
-        tokens = sum(len(s.ids) for group in groups for s in group)
+        metrics = grpo_step(cfg, learner, pool, chat, step_tasks(cfg, step), score, step)
         done = step + 1
-        metrics.update(timings, step=done, mean_reward=float(rewards.mean()),
-                       response_length=tokens / rewards.numel(), rollout_tokens_per_s=tokens / timings["generate_s"],
-                       solved_groups=float((rewards.std(dim=1) == 0).float().mean()),
-                       sync_share=timings["sync_s"] / sum(timings.values()))
         if done % cfg.eval_every == 0 or done == cfg.steps:
             metrics.update(pass_at_1(pool, chat, eval_tasks, cfg.max_new_tokens))
         history.append(metrics)
@@ -179,6 +156,44 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             ray.get(learner.save.remote(state_rel, history))
     return start, history
+
+
+def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks: list[Task], score,
+              step: int) -> dict:
+    """One GRPO step: sample a group per task, score them (`score(tasks, groups) -> ((tasks, group) rewards,
+    metrics)`), group-relative advantages, one learner update, the new weights pushed to the rollout engines."""
+    import ray
+
+    timings = {}
+    t0 = time.perf_counter()
+    prompts = [chat.prompt(t.messages) for t in tasks]
+    groups = pool.generate(prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens, seed=cfg.seed + step)
+    timings["generate_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    rewards, extra = score(tasks, groups)
+    advantages = group_advantages(rewards)
+    timings["score_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    batch = [{"prompt": prompt, "response": sample.ids, "advantage": float(advantages[i, j])}
+             for i, (prompt, group) in enumerate(zip(prompts, groups)) for j, sample in enumerate(group)]
+    metrics = ray.get(learner.update.remote(batch))
+    timings["train_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    blob = ray.get(learner.weights.remote())
+    metrics["reload_s"] = pool.load_weights(blob)
+    timings["sync_s"] = time.perf_counter() - t0
+
+    tokens = sum(len(s.ids) for group in groups for s in group)
+    metrics.update(timings)
+    metrics.update(extra)
+    metrics.update(step=step + 1, mean_reward=float(rewards.mean()),
+                   response_length=tokens / rewards.numel(), rollout_tokens_per_s=tokens / timings["generate_s"],
+                   solved_groups=float((rewards.std(dim=1) == 0).float().mean()),
+                   sync_share=timings["sync_s"] / sum(timings.values()))
+    return metrics
 
 
 def _fmt(m: dict) -> str:

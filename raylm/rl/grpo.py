@@ -51,8 +51,10 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     per_token = -torch.minimum(unclipped, clipped)
     active = (clipped < unclipped).to(mask.dtype)  # where the clipped term wins, the token's gradient is zero
     stats = {"clip_fraction": float((active * mask).sum() / mask.sum().clamp(min=1))}
-    if ref_logprobs is not None and kl_coef > 0:
+    if ref_logprobs is not None:  # measured whenever there is a reference (RLHF logs it at coefficient 0 too)
         kl = k3_kl(logprobs, ref_logprobs)
-        per_token = per_token + kl_coef * kl
+        if kl_coef > 0:
+            per_token = per_token + kl_coef * kl
         stats["kl"] = float((kl * mask).sum() / mask.sum().clamp(min=1))
+        stats["kl_sum"] = float((kl.detach() * mask).sum())  # summed over tokens: sequence KL x samples
     return (per_token * mask).sum() / denominator, stats

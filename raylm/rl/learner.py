@@ -49,7 +49,7 @@ def collate(batch: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 class Learner:
-    def __init__(self, storage: Storage, checkpoint: str, cfg: RlConfig, pad_id: int):
+    def __init__(self, storage: Storage, checkpoint: str, cfg: RlConfig, pad_id: int, track_kl: bool = False):
         from raylm.model.hf import load_pretrained
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -57,8 +57,9 @@ class Learner:
         self.storage, self.cfg, self.pad_id = storage, cfg, pad_id
         self.model = load_pretrained(storage.local(checkpoint)).train()
         self.reference = None
-        if cfg.kl_coef > 0:
+        if cfg.kl_coef > 0 or track_kl:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.best: dict | None = None  # the kept checkpoint (RLHF: the best by a validation signal)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                                            weight_decay=cfg.weight_decay)
         self.step, self.history = 0, []
@@ -70,7 +71,7 @@ class Learner:
         state = torch.load(io.BytesIO(self.storage.read_bytes(rel)), map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.history = state["step"], state["history"]
+        self.step, self.history, self.best = state["step"], state["history"], state.get("best")
         return self.step, self.history
 
     def save(self, rel: str, history: list[dict]) -> None:
@@ -78,8 +79,17 @@ class Learner:
         self.history = history
         buffer = io.BytesIO()
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                    "history": history}, buffer)
+                    "history": history, "best": self.best}, buffer)
         self.storage.write_bytes(rel, buffer.getvalue())
+
+    def keep_best(self, step: int) -> None:
+        """Remember the current weights as the checkpoint to keep (in memory, and in the next save)."""
+        self.best = {"step": step, "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+
+    def restore_best(self) -> int:
+        """Roll the policy back to the kept weights; returns their step."""
+        self.model.load_state_dict(self.best["model"])
+        return self.best["step"]
 
     def weights(self) -> bytes:
         from raylm.rl.weight_sync import pack
@@ -103,7 +113,7 @@ class Learner:
                 if reuse else [None] * len(chunks)
             ref = [token_logprobs(self.reference, seqs, s.temperature) for seqs, _, _ in chunks] \
                 if self.reference is not None else [None] * len(chunks)
-        stats = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0}
+        stats = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "kl_seq": 0.0}
         for _ in range(s.updates_per_batch):
             for (seqs, mask, adv), old_lp, ref_lp in zip(chunks, old, ref):
                 logprobs = token_logprobs(self.model, seqs, s.temperature)
@@ -115,6 +125,7 @@ class Learner:
                 stats["loss"] += float(loss.detach()) / s.updates_per_batch
                 stats["clip_fraction"] += part["clip_fraction"] * share
                 stats["kl"] += part.get("kl", 0.0) * share
+                stats["kl_seq"] += part.get("kl_sum", 0.0) / len(batch) / s.updates_per_batch
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                                       s.grad_clip or float("inf")))
             self.optimizer.step()

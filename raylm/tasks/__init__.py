@@ -1,6 +1,6 @@
 """Verifiable tasks: seeded generators of conversations with worked solutions, and their checkers.
 
-Each family module (arithmetic, compare, spelling, identity, knowledge) makes
+Each family module (arithmetic, compare, spelling, identity, knowledge, poem) makes
 `Task`s from a `random.Random`; a task carries the prompt messages, the worked
 solution the assistant should write (for SFT), the verifiable answer, and is
 judged by its family's checker (for eval and as the RL reward):
@@ -56,7 +56,7 @@ def numbers_equal(a: str | None, b: str) -> bool:
 
 def families() -> dict[str, tuple[Callable, Callable]]:
     """name -> (generate(rng) -> Task, check(task, reply) -> bool)."""
-    from raylm.tasks import arithmetic, compare, identity, knowledge, spelling
+    from raylm.tasks import arithmetic, compare, identity, knowledge, poem, spelling
 
     return {
         "arithmetic": (arithmetic.generate, arithmetic.check),
@@ -65,6 +65,7 @@ def families() -> dict[str, tuple[Callable, Callable]]:
         "identity": (identity.generate, identity.check),
         "unknown_entities": (knowledge.generate_entity_question, knowledge.check_entity_answer),
         "search": (knowledge.generate_search, knowledge.check_search),
+        "poem": (poem.generate, poem.check),  # open-ended: RLHF's family; `check` is the gold judge's bar
     }
 
 

@@ -16,6 +16,7 @@ a worker dies. Pretraining and SFT both call this.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -26,13 +27,16 @@ from raylm.train.loop import CHECKPOINT_FILE, LoopConfig, train_loop
 
 
 def fit(config: LoopConfig, num_workers: int, use_gpu: bool, max_failures: int, storage: Storage, rel: str,
-        name: str) -> dict:
-    """Train on `num_workers` Ray Train workers; return the final checkpoint's state (model, history, metrics)."""
+        name: str, loop: Callable = train_loop) -> dict:
+    """Train on `num_workers` Ray Train workers; return the final checkpoint's state (model, history, metrics).
+
+    `loop` is the per-worker function (the shared LM loop; the reward model's, raylm/train/reward_loop.py);
+    it must save CHECKPOINT_FILE in its checkpoints and take a config with a `train` section."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
-        train_loop,
+        loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      placement_strategy=config.train.placement_strategy),

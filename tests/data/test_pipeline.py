@@ -64,7 +64,10 @@ def test_outputs_and_removal_log(cleaned):
 SHORT = ["pretrain.steps=20", "pretrain.eval_every=20", "pretrain.checkpoint_every=20", "sft.steps=10",
          "sft.eval_every=10", "sft.checkpoint_every=10", "sft.mix={identity: 40, compare: 40}", "rl.engine=torch",
          "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=2", "rl.max_new_tokens=16", "rl.eval_per_family=4",
-         "eval.num_per_family=3", "eval.max_new_tokens=16"]
+         "eval.num_per_family=3", "eval.max_new_tokens=16", "preferences.items=20", "preferences.max_new_tokens=16",
+         "reward.num_workers=1", "reward.steps=2", "reward.eval_every=2", "reward.checkpoint_every=2",
+         "reward.batch_size=2", "rlhf.engine=torch", "rlhf.steps=2", "rlhf.prompts_per_step=2", "rlhf.group_size=2",
+         "rlhf.max_new_tokens=16", "rlhf.validation_prompts=2", "rlhf.final_prompts=4", "rlhf.eval_every=1"]
 
 
 def test_run_resumes_and_redoes_what_a_change_upstream_touches(ray_session, sample_files, tmp_path, capsys):
@@ -76,10 +79,10 @@ def test_run_resumes_and_redoes_what_a_change_upstream_touches(ray_session, samp
         args += ["-o", override]
     assert main(args) == 0
     run = tmp_path / "resume"
-    steps = {"data", "search", "tokenizer", "pretrain", "sft", "rl", "eval"}
+    steps = {"data", "search", "tokenizer", "pretrain", "sft", "rl", "preferences", "reward", "rlhf", "eval"}
     assert {p.parent.name for p in run.glob("*/manifest.json")} == steps
     report = (run / "eval" / "report.md").read_text()
-    assert "| metric | pretrain | sft | rl |" in report
+    assert "| metric | pretrain | sft | rl | rlhf |" in report and "## RLHF" in report
     manifests = {step: json.loads((run / step / "manifest.json").read_text()) for step in steps}
     capsys.readouterr()
     assert main(args) == 0

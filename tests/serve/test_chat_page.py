@@ -1,35 +1,21 @@
 """The chat page in a real headless browser (Debian's chromium driven by Playwright): type, see it stream.
 
-Needs /usr/bin/chromium (`make setup` installs Debian's chromium where it can; see the Makefile).
+Needs chromium (`make setup` installs Debian's chromium where it can; the fixture is in tests/conftest.py).
 """
 
 from __future__ import annotations
-
-import shutil
-import tempfile
 
 import pytest
 
 from tests.serve.conftest import ANSWER, API_KEY
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Flags for a closed network: no background connections, no first-run work, a fresh profile.
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
 
 @pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not shutil.which("chromium"):
-        pytest.fail("chromium is not installed: run `make setup` (installs Debian's chromium) "
-                    "or `apt-get install chromium`")
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
-                                                       args=FLAGS)
-        yield context
-        context.close()
+def browser(chromium):
+    """One browser context for the module: the second test finds the key the first one entered."""
+    context = chromium.new_context()
+    yield context
+    context.close()
 
 
 def test_type_a_message_and_see_the_streamed_answer(browser, served):

@@ -21,7 +21,7 @@ def wrong_answers(task) -> list[str]:
     return wrong + ["I don't know."]
 
 
-@pytest.mark.parametrize("family", sorted(families()))
+@pytest.mark.parametrize("family", sorted(set(families()) - {"poem"}))  # poem: mixed on purpose (test_poem.py)
 def test_checker_accepts_right_and_rejects_wrong(family):
     tasks = generate_tasks({family: 200}, seed=7)
     for task in tasks:

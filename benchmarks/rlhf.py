@@ -1,0 +1,170 @@
+"""RLHF's claims, measured on a finished run: reward-model accuracy with its controls, and reward hacking.
+
+    python benchmarks/rlhf.py --name tiny                      # needs finished sft, preferences, reward, rlhf steps
+    python benchmarks/rlhf.py --name tiny --hack-steps 60 --hack-lr 0.0005
+
+1. Reward models on held-out pairs (held-out subjects): the run's proxy and
+   watcher (from the reward step), the length-only baseline, and a control trained
+   here on the same rankings with **shuffled labels** (each ranking's order replaced
+   by a random one): it must land near chance, or the accuracy comes from
+   something other than the labels.
+2. RLHF with KL (the run's rlhf step): the gold-judge win rate of the kept
+   checkpoint over SFT on the held-out prompts, with its bootstrap interval.
+3. Reward hacking: the rlhf step run again into benchmarks/out/rlhf_hack with KL
+   off, a higher learning rate and the alarm set to `off` (it records when it
+   would fire and training goes on), so the proxy's rise and the gold judge's fall
+   after it can be seen; proxy and gold against sqrt(KL) are plotted
+   (Gao et al. 2022) and the five answers the proxy scores highest at the end are
+   printed.
+Markdown for benchmarks/RESULTS.md goes to stdout and benchmarks/out/rlhf.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+OUT = Path(__file__).parent / "out"
+
+
+def shuffled_control(run, cfg) -> dict:
+    """A proxy trained on the same rankings with shuffled orders, scored on the held-out rankings."""
+    import json as _json
+
+    from raylm.rlhf.reward import evaluate, train_reward_model
+    from raylm.rlhf.labels import LabelStore, label_database_url
+    from raylm.runs import Work
+    from raylm.tokenizer.bpe import load
+    from raylm.tokenizer.chat import ChatFormat
+
+    reward, sft = run.result("reward"), run.result("sft")
+    folder = reward.storage.local(reward.rel)
+    data = _json.loads((folder / "proxy.json").read_text())
+    chat = ChatFormat(load(sft.storage.local(f"{sft.rel}/hf")))
+    pad = chat.tok.token_to_id("<|pad|>")
+    work_dir = OUT / "rlhf_shuffled"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    from raylm.config import StorageConfig
+    from raylm.storage import Storage
+
+    storage = Storage(StorageConfig(uri=str(OUT)))
+    work = Work(storage, "rlhf_shuffled", work_dir)
+    (work_dir / "proxy.json").write_text(_json.dumps(data))
+    model = train_reward_model("shuffled", cfg, sft, work, "control", work.publish("proxy.json"), pad,
+                               shuffle_labels=True)
+    store = LabelStore(label_database_url(cfg))
+    heldout_ids = [r["item"] for r in data["val"]]
+    by_id = {r.item.id: r for r in store.rankings(model=run.result("preferences").metrics["model"])}
+    return evaluate(model, data["val"], [by_id[i] for i in heldout_ids], pad)
+
+
+def hacking_run(run, cfg, steps: int, lr: float) -> dict:
+    from raylm.storage import Storage
+    from raylm.config import StorageConfig
+
+    hacked = cfg.model_copy(deep=True)
+    hacked.rlhf.kl_coef, hacked.rlhf.lr, hacked.rlhf.steps, hacked.rlhf.alarm = 0.0, lr, steps, "off"
+    from raylm.steps import Run
+
+    hack = Run(hacked, on_work=run.on_work)
+    out = Storage(StorageConfig(uri=str(OUT)))
+    shutil.rmtree(OUT / "rlhf_hack", ignore_errors=True)
+    result = hack.execute("rlhf", at=(out, "rlhf_hack"))
+    history = json.loads((OUT / "rlhf_hack" / "history.json").read_text())
+    return {"metrics": result.metrics, "history": history}
+
+
+def summarize_hack(hack: dict) -> dict:
+    evals = [m for m in hack["history"] if "val/watch" in m]
+    peak = max(evals, key=lambda m: m["gold/win_rate_vs_sft"])
+    last = evals[-1]
+    fired = hack["metrics"]["alarm"]
+    at_alarm = next((m for m in evals if fired and m["step"] == fired["step"]), None)
+    kept = hack["metrics"]["kept"]
+    return {"peak_step": peak["step"], "peak_win": peak["gold/win_rate_vs_sft"], "last_win": last["gold/win_rate_vs_sft"],
+            "proxy_first": evals[0]["val/proxy"], "proxy_peak_step": peak["val/proxy"], "proxy_last": last["val/proxy"],
+            "alarm_step": fired["step"] if fired else None, "alarm_reason": fired["reason"] if fired else None,
+            "win_at_alarm": at_alarm["gold/win_rate_vs_sft"] if at_alarm else None,
+            "kept_step": hack["metrics"]["kept_step"], "kept_win": kept["gold/win_rate_vs_sft"],
+            "top_answers": last["val/top_answers"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--name", default=None)
+    parser.add_argument("-o", "--override", action="append", default=[])
+    parser.add_argument("--hack-steps", type=int, default=60)
+    parser.add_argument("--hack-lr", type=float, default=5e-4)
+    parser.add_argument("--skip-control", action="store_true")
+    parser.add_argument("--skip-hack", action="store_true")
+    args = parser.parse_args()
+
+    from raylm.config import load_config
+    from raylm.ray_setup import init_ray
+    from raylm.steps import Run
+
+    cfg = load_config(args.config, args.override)
+    if args.name:
+        cfg.name = args.name
+    run = Run(cfg, on_work=lambda: init_ray(cfg))
+    for step in ("sft", "preferences", "reward", "rlhf"):
+        if run.result(step) is None:
+            sys.exit(f"step {step} is not finished and current in run {cfg.name}: run `raylm run` first")
+    init_ray(cfg)
+    OUT.mkdir(exist_ok=True)
+    started = time.time()
+    reward, rlhf = run.result("reward").metrics, run.result("rlhf").metrics
+    lines = [f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
+             f"({platform.processor() or platform.machine()}, {_cores()} cores), config `{args.config}` run "
+             f"`{cfg.name}`{' with ' + ', '.join(args.override) if args.override else ''}.", "",
+             "| held-out pairs (subjects never trained on) | vs labels | 95% CI | vs gold order |",
+             "| --- | ---: | ---: | ---: |"]
+    rows = [("proxy reward model", reward["proxy"]), ("watcher reward model (other half)", reward["watch"])]
+    if not args.skip_control:
+        rows.append(("control: proxy trained on shuffled labels", shuffled_control(run, cfg)))
+    for label, m in rows:
+        lo, hi = m["accuracy_ci95"]
+        lines.append(f"| {label} | {m['accuracy']:.1%} | {lo:.1%}-{hi:.1%} | {m['gold_accuracy']:.1%} |")
+    lines.append(f"| length only ({reward['length_baseline']['rule']}) | {reward['length_baseline']['accuracy']:.1%} "
+                 f"| | |")
+    win = rlhf["final_gold_win_rate"]
+    lines += ["", f"RLHF (kl_coef {rlhf['kl_coef']}, lr {rlhf['lr']}): kept step {rlhf['kept_step']}, gold win rate "
+              f"over SFT {win['win_rate']:.1%} (95% CI {win['ci95'][0]:.1%}-{win['ci95'][1]:.1%}) on "
+              f"{win['prompts']} held-out prompts; alarm: {rlhf['alarm'] or 'did not fire'}."]
+    if not args.skip_hack:
+        hack = summarize_hack(hacking_run(run, cfg, args.hack_steps, args.hack_lr))
+        lines += ["", f"Hacking run (kl_coef 0, lr {args.hack_lr}, {args.hack_steps} steps, alarm off = recorded): "
+                  f"proxy {hack['proxy_first']:+.3f} -> {hack['proxy_last']:+.3f}; gold win rate peak "
+                  f"{hack['peak_win']:.1%} at step {hack['peak_step']}, last {hack['last_win']:.1%}; alarm at step "
+                  f"{hack['alarm_step']} (gold win rate then {hack['win_at_alarm']}): {hack['alarm_reason']}; kept "
+                  f"step {hack['kept_step']} with gold win rate {hack['kept_win']:.1%}.", "",
+                  "The five answers the proxy scores highest at the end:", ""]
+        for t in hack["top_answers"]:
+            lines.append(f"- proxy {t['proxy']:+.2f}, gold {t['gold']:.2f}: {t['prompt']} -> "
+                         f"`{t['answer'][:200]!r}`")
+        shutil.copy(OUT / "rlhf_hack" / "proxy_gold_kl.png", Path(__file__).parent / "rlhf_hacking.png")
+        lines += ["", "![proxy and gold against sqrt(KL)](rlhf_hacking.png)"]
+    lines.append(f"\n({time.time() - started:.0f} s)")
+    text = "\n".join(lines)
+    (OUT / "rlhf.md").write_text(text + "\n")
+    print(text)
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    main()

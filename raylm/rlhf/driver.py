@@ -1,0 +1,240 @@
+"""The rlhf step: GRPO against the proxy reward model, KL to SFT, and the hacking alarm.
+
+    raylm rlhf     # <run>/sft/hf + <run>/reward -> <run>/rlhf/hf (the kept checkpoint), history.json, plots
+
+The loop is RL's (raylm/rl/driver.py: grpo_step; vLLM rollout actors, a learner
+actor, in-memory weight pushes) with the reward from the proxy reward model,
+scored by a pool of Ray actors (raylm/rlhf/scorer.py). Per step: the proxy's
+scores, whitened over the batch (`normalize_reward`), minus `length_penalty` per
+token; the KL to the SFT model is measured always (k3, per token and summed per
+answer), and penalised with `kl_coef`.
+
+Every `eval_every` steps, greedy answers to `validation_prompts` prompts (unseen
+prompts on training subjects) are scored by the proxy and by the **watcher**
+reward model (trained on the other half of the rankings). The watcher's score is
+the validation signal: the best checkpoint by it is kept. The hacking alarm
+(raylm/rlhf/monitor.py) fires when the samples leave the reward model's support
+or the watcher falls while the proxy rises; `alarm: rollback` then restores the
+kept checkpoint and stops, `stop` stops, `off` only records it.
+
+The gold judge (the synthetic rater's noise-free rule) never steers anything
+here; it is logged beside each evaluation (gold score, win rate over the SFT
+model's answers) so that RESULTS can show what the proxy's rise was worth. At
+the end, `rlhf.final_prompts` held-out-subject prompts are answered once by SFT and
+once by the kept policy (sampled, same seed): the gold win rate with its
+bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+
+import torch
+
+from raylm.config import RunConfig
+from raylm.rl.driver import grpo_step
+from raylm.rl.learner import Learner
+from raylm.rl.rollout import RolloutPool
+from raylm.rlhf.monitor import HackingAlarm, Support
+from raylm.rlhf.scorer import ScorerPool
+from raylm.runs import StepResult, Work
+from raylm.tasks import Task, generate_tasks
+from raylm.tasks.poem import gold_score
+from raylm.tokenizer.bpe import load
+from raylm.tokenizer.chat import ChatFormat, answer_text
+
+VALIDATION_SEED, FINAL_SEED = 9001, 9002
+
+
+def final_tasks(count: int) -> list[Task]:
+    from raylm.tasks.poem import generate_heldout
+
+    rng = random.Random(FINAL_SEED)
+    return [generate_heldout(rng) for _ in range(count)]
+
+
+def answers(pool: RolloutPool, chat: ChatFormat, tasks: list[Task], temperature: float, max_new_tokens: int,
+            seed: int = 0) -> list[str]:
+    groups = pool.generate([chat.prompt(t.messages) for t in tasks], 1, temperature, max_new_tokens, seed=seed)
+    return [answer_text(chat.parse(g[0].ids)) for g in groups]
+
+
+def win_rate(tasks: list[Task], ours: list[str], theirs: list[str], samples: int = 2000) -> dict:
+    """Gold-judge wins of `ours` over `theirs` (a tie counts half), with an item bootstrap 95% interval."""
+    import numpy as np
+
+    wins = np.array([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in
+                     ((gold_score(t.answer, x), gold_score(t.answer, y)) for t, x, y in zip(tasks, ours, theirs))])
+    boot = wins[np.random.default_rng(0).integers(0, len(wins), (samples, len(wins)))].mean(1)
+    return {"win_rate": float(wins.mean()), "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+            "prompts": len(wins)}
+
+
+class Validation:
+    """Greedy answers to fixed prompts, scored by proxy and watcher (and, for the record only, by gold)."""
+
+    def __init__(self, cfg: RunConfig, pool: RolloutPool, scorers: ScorerPool, chat: ChatFormat):
+        self.cfg, self.pool, self.scorers, self.chat = cfg.rlhf, pool, scorers, chat
+        self.tasks = generate_tasks({f: -(-cfg.rlhf.validation_prompts // len(cfg.rlhf.families))
+                                     for f in cfg.rlhf.families}, VALIDATION_SEED)
+        self.sft_answers: list[str] | None = None
+
+    def __call__(self) -> dict:
+        texts = answers(self.pool, self.chat, self.tasks, 0.0, self.cfg.max_new_tokens)
+        if self.sft_answers is None:
+            self.sft_answers = texts
+        pairs = [(t.messages, a) for t, a in zip(self.tasks, texts)]
+        proxy = self.scorers.score("proxy", pairs)
+        gold = [gold_score(t.answer, a) for t, a in zip(self.tasks, texts)]
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        top = sorted(range(len(texts)), key=lambda i: -proxy[i])[:5]  # what the proxy likes best, for the record
+        return {"val/proxy": mean(proxy), "val/watch": mean(self.scorers.score("watch", pairs)),
+                "val/length": mean([len(self.chat.text(a)) for a in texts]), "gold/score": mean(gold),
+                "gold/win_rate_vs_sft": win_rate(self.tasks, texts, self.sft_answers, samples=1)["win_rate"],
+                "val/top_answers": [{"prompt": self.tasks[i].messages[-1]["content"], "answer": texts[i],
+                                     "proxy": proxy[i], "gold": gold[i]} for i in top]}
+
+
+def run_rlhf(cfg: RunConfig, sft: StepResult, reward: StepResult, work: Work, state_rel: str) -> dict:
+    import ray
+
+    rl, storage, policy = cfg.rlhf, work.storage, f"{sft.rel}/hf"
+    chat = ChatFormat(load(storage.local(policy, only=("tokenizer.json",))))
+    support = Support(**reward.metrics["proxy"]["support"])
+    learner = ray.remote(Learner).options(num_cpus=rl.learner_cpus, num_gpus=rl.learner_gpus).remote(
+        storage, policy, rl, chat.tok.token_to_id("<|pad|>"), track_kl=True)
+    pool = RolloutPool(rl.engine, storage, policy, rl.num_rollout_workers, [chat.im_end], rl.rollout_cpus,
+                       rl.rollout_gpus, rl.kv_cache_gib, rl.seed)
+    scorers = ScorerPool(storage, {"proxy": f"{reward.rel}/hf", "watch": f"{reward.rel}/watch/hf"},
+                         cfg.reward.scorer_actors, cfg.reward.scorer_cpus)
+    try:
+        final = final_tasks(rl.final_prompts)
+        sft_final = answers(pool, chat, final, 1.0, rl.max_new_tokens, seed=rl.seed)
+        history, alarm = train(cfg, learner, pool, scorers, chat, support, reward, state_rel)
+        kept = ray.get(learner.restore_best.remote())
+        pool.load_weights(ray.get(learner.weights.remote()))
+        result = win_rate(final, answers(pool, chat, final, 1.0, rl.max_new_tokens, seed=rl.seed), sft_final)
+        ray.get(learner.export.remote(f"{work.rel}/hf", policy))
+    finally:
+        pool.shutdown()
+        scorers.shutdown()
+        ray.kill(learner)
+    (work.local / "history.json").write_text(json.dumps(history, indent=1))
+    plot(history, work.local)
+    lo, hi = result["ci95"]
+    print(f"[rlhf] kept the checkpoint of step {kept} (best watcher validation score); gold-judge win rate over "
+          f"SFT on {result['prompts']} held-out prompts: {result['win_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%})",
+          flush=True)
+    evals = [m for m in history if "val/watch" in m]
+    return {"steps": history[-1]["step"], "kept_step": kept, "alarm": alarm, "final_gold_win_rate": result,
+            "kept": next(m for m in evals if m["step"] == kept), "last": evals[-1],
+            "kl_coef": rl.kl_coef, "lr": rl.lr, "reward_accuracy": reward.metrics["proxy"]["accuracy"],
+            "reward_gold_accuracy": reward.metrics["proxy"]["gold_accuracy"]}
+
+
+def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat: ChatFormat, support: Support,
+          reward: StepResult, state_rel: str) -> tuple[list[dict], dict | None]:
+    import ray
+
+    rl = cfg.rlhf
+    validation = Validation(cfg, pool, scorers, chat)
+    alarm = HackingAlarm(rl.alarm_support, rl.alarm_divergence, reward.metrics["watch"]["score_spread"])
+    start, history = ray.get(learner.restore.remote(state_rel))
+    started = time.perf_counter()
+    first = validation()  # the pool still holds the SFT model: its answers are the gold win rate's reference
+    if start:
+        print(f"[rlhf] restored from step {start}", flush=True)
+        pool.load_weights(ray.get(learner.weights.remote()))
+        for m in history:
+            if "val/watch" in m:
+                alarm.update(m["step"], m["val/proxy"], m["val/watch"], m.get("support_outside", 0.0))
+    else:
+        history.append({"step": 0, **first, "kl_seq": 0.0})
+        ray.get(learner.keep_best.remote(0))
+        print(f"[rlhf] start: {_fmt(history[0])} ({time.perf_counter() - started:.0f}s)", flush=True)
+    outside: list[float] = []
+
+    def score(tasks: list[Task], groups) -> tuple[torch.Tensor, dict]:
+        texts = [[answer_text(chat.parse(s.ids)) for s in group] for group in groups]
+        pairs = [(t.messages, a) for t, group in zip(tasks, texts) for a in group]
+        raw = torch.tensor(scorers.score("proxy", pairs)).view(len(tasks), -1)
+        rewards = (raw - raw.mean()) / (raw.std() + 1e-6) if rl.normalize_reward else raw.clone()
+        lengths = torch.tensor([[len(s.ids) for s in group] for group in groups], dtype=torch.float)
+        rewards -= rl.length_penalty * lengths
+        share = support.outside([(a, len(chat.text(a))) for _, a in pairs])
+        outside.append(share)
+        return rewards, {"proxy_score": float(raw.mean()), "support_outside": share}
+
+    best = max((m["val/watch"] for m in history if "val/watch" in m), default=-math.inf)
+    for step in range(start, rl.steps):
+        metrics = grpo_step(rl, learner, pool, chat, _tasks(rl, step), score, step)
+        done = step + 1
+        stop = False
+        if done % rl.eval_every == 0 or done == rl.steps:
+            metrics.update(validation())
+            if metrics["val/watch"] > best:
+                best = metrics["val/watch"]
+                ray.get(learner.keep_best.remote(done))
+            reason = alarm.update(done, metrics["val/proxy"], metrics["val/watch"], max(outside, default=0.0))
+            outside.clear()
+            if reason and alarm.fired["step"] == done:
+                action = {"rollback": "rolling back to the kept checkpoint and stopping", "stop": "stopping",
+                          "off": "going on (rlhf.alarm=off)"}[rl.alarm]
+                print(f"[rlhf] HACKING ALARM at step {done}: {reason}; {action}", flush=True)
+                stop = rl.alarm != "off"
+        history.append(metrics)
+        print(f"[rlhf] step {done}/{rl.steps} " + _fmt(metrics), flush=True)
+        if stop or done % rl.checkpoint_every == 0 or done == rl.steps:
+            ray.get(learner.save.remote(state_rel, history))
+        if stop:
+            break
+    return history, alarm.fired
+
+
+def _tasks(rl, step: int) -> list[Task]:
+    from raylm.rl.driver import step_tasks
+
+    return step_tasks(rl, step)
+
+
+def _fmt(m: dict) -> str:
+    parts = []
+    if "proxy_score" in m:
+        parts.append(f"proxy {m['proxy_score']:+.3f} kl/answer {m.get('kl_seq', 0):.2f} len {m['response_length']:.0f} "
+                     f"outside {m['support_outside']:.0%} | gen {m['generate_s']:.1f}s train {m['train_s']:.1f}s")
+    if "val/watch" in m:
+        parts.append(f"val proxy {m['val/proxy']:+.3f} watch {m['val/watch']:+.3f} "
+                     f"(gold {m['gold/score']:.2f}, win vs SFT {m['gold/win_rate_vs_sft']:.0%}; report only)")
+    return " ".join(parts)
+
+
+def plot(history: list[dict], folder) -> None:
+    """Proxy and gold against sqrt(KL) (Gao et al. 2022), and the scores over steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [m for m in history if "val/watch" in m]
+    kl = [math.sqrt(max(_kl_at(history, m["step"]), 0.0)) for m in evals]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("val/proxy", "proxy reward model"), ("val/watch", "watcher reward model"),
+                       ("gold/score", "gold judge (report only)")):
+        axes[0].plot(kl, [m[key] for m in evals], "o-", label=label)
+        axes[1].plot([m["step"] for m in evals], [m[key] for m in evals], "o-", label=label)
+    axes[0].set_xlabel("sqrt(KL to SFT), nats per answer")
+    axes[1].set_xlabel("RLHF step")
+    for ax in axes:
+        ax.set_ylabel("score on validation prompts")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "proxy_gold_kl.png", dpi=100)
+    plt.close(fig)
+
+
+def _kl_at(history: list[dict], step: int) -> float:
+    """The answer-level KL of the training step at `step` (0 before any update)."""
+    return next((m.get("kl_seq", 0.0) for m in history if m["step"] == step and "kl_seq" in m), 0.0)

@@ -1,0 +1,79 @@
+"""Watching RL against a reward model: when has the policy left the ground the reward model knows?
+
+    support = Support.of(training_answers)               # what the reward model was trained on
+    share = support.outside(answers)                     # share longer / more repetitive than any of those
+    alarm = HackingAlarm(support_limit=0.3, divergence=0.5)
+    reason = alarm.update(step, proxy=..., watch=..., outside=share)   # None, or why it fires
+
+A reward model is a network fitted to a few hundred rankings; RL finds what it
+over-pays for (Gao et al. 2022; the "the the the" joke). Two signals that need no
+gold judge:
+- **support**: the share of sampled answers longer (in tokens) or more
+  repetitive than every answer the reward model was trained on. Out there its
+  scores are extrapolation.
+- **divergence**: a second reward model (the watcher), trained on the disjoint
+  other half of the rankings, scores held-out prompts; when its score falls
+  `divergence` (in units of its score spread on real answers) below its best
+  while the proxy's keeps rising, the policy is fitting the proxy's quirks, not
+  what both learned from people.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+
+def repetition(text: str) -> float:
+    """Share of words that repeat one of the three words before them ("so so so", "the sun the sun")."""
+    words = re.findall(r"\w+", text.lower())
+    if not words:
+        return 0.0
+    return sum(w in words[max(0, i - 3):i] for i, w in enumerate(words)) / len(words)
+
+
+@dataclass
+class Support:
+    max_tokens: int          # the longest trained-on answer
+    max_repetition: float    # the most repetitive trained-on answer
+
+    @classmethod
+    def of(cls, answers: list[tuple[str, int]]) -> "Support":
+        """(text, token count) of every answer the reward model trained on."""
+        return cls(max(n for _, n in answers), max(repetition(t) for t, _ in answers))
+
+    def outside(self, answers: list[tuple[str, int]]) -> float:
+        """Share of (text, token count) answers beyond the support."""
+        if not answers:
+            return 0.0
+        beyond = [n > self.max_tokens or repetition(t) > self.max_repetition for t, n in answers]
+        return sum(beyond) / len(beyond)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class HackingAlarm:
+    """Fires once, on the first update that shows either signal; remembers when and why."""
+
+    def __init__(self, support_limit: float, divergence: float, watch_spread: float):
+        self.support_limit, self.divergence, self.spread = support_limit, divergence, max(watch_spread, 1e-6)
+        self.best_watch: float | None = None
+        self.proxy_at_best: float | None = None
+        self.fired: dict | None = None
+
+    def update(self, step: int, proxy: float, watch: float, outside: float) -> str | None:
+        """The validation scores of proxy and watcher, and the support share of this step's samples."""
+        if self.best_watch is None or watch > self.best_watch:
+            self.best_watch, self.proxy_at_best = watch, proxy
+        reason = None
+        fall = (self.best_watch - watch) / self.spread
+        if outside > self.support_limit:
+            reason = (f"{outside:.0%} of the samples are longer or more repetitive than any answer the reward "
+                      f"model was trained on (limit {self.support_limit:.0%})")
+        elif fall >= self.divergence and proxy > self.proxy_at_best:
+            reason = (f"the watcher reward model's validation score fell {fall:.2f} spreads below its best while "
+                      f"the proxy's rose ({self.proxy_at_best:.3f} -> {proxy:.3f})")
+        if reason and self.fired is None:
+            self.fired = {"step": step, "reason": reason}
+        return reason
