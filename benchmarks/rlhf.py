@@ -53,14 +53,11 @@ def shuffled_control(run, cfg) -> dict:
     work_dir = OUT / "rlhf_shuffled"
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
-    from raylm.config import StorageConfig
-    from raylm.storage import Storage
-
-    storage = Storage(StorageConfig(uri=str(OUT)))
-    work = Work(storage, "rlhf_shuffled", work_dir)
+    # in the run's storage, beside the models it starts from (every Ray Train worker reads both there)
+    work = Work(run.storage, f"{cfg.name}/benchmarks/reward_shuffled", work_dir)
     (work_dir / "proxy.json").write_text(_json.dumps(data))
-    model = train_reward_model("shuffled", cfg, sft, work, "control", work.publish("proxy.json"), pad,
-                               shuffle_labels=True)
+    model = train_reward_model("shuffled", cfg, sft, work, f"control-{reward.digest}", work.publish("proxy.json"),
+                               pad, shuffle_labels=True)
     store = LabelStore(label_database_url(cfg))
     heldout_ids = [r["item"] for r in data["val"]]
     by_id = {r.item.id: r for r in store.rankings(model=run.result("preferences").metrics["model"])}
@@ -68,19 +65,18 @@ def shuffled_control(run, cfg) -> dict:
 
 
 def hacking_run(run, cfg, steps: int, lr: float) -> dict:
-    from raylm.storage import Storage
-    from raylm.config import StorageConfig
-
     hacked = cfg.model_copy(deep=True)
     hacked.rlhf.kl_coef, hacked.rlhf.lr, hacked.rlhf.steps, hacked.rlhf.alarm = 0.0, lr, steps, "off"
     from raylm.steps import Run
 
     hack = Run(hacked, on_work=run.on_work)
-    out = Storage(StorageConfig(uri=str(OUT)))
-    shutil.rmtree(OUT / "rlhf_hack", ignore_errors=True)
-    result = hack.execute("rlhf", at=(out, "rlhf_hack"))
-    history = json.loads((OUT / "rlhf_hack" / "history.json").read_text())
-    return {"metrics": result.metrics, "history": history}
+    rel = f"{cfg.name}/benchmarks/rlhf_hack"  # in the run's storage, where the rlhf step reads its inputs
+    if run.storage.exists(rel):
+        run.storage.delete(rel)
+    result = hack.execute("rlhf", at=(run.storage, rel))
+    folder = run.storage.local(rel)
+    shutil.copy(folder / "proxy_gold_kl.png", Path(__file__).parent / "rlhf_hacking.png")
+    return {"metrics": result.metrics, "history": json.loads((folder / "history.json").read_text())}
 
 
 def summarize_hack(hack: dict) -> dict:
@@ -131,7 +127,10 @@ def main() -> None:
              "| --- | ---: | ---: | ---: |"]
     rows = [("proxy reward model", reward["proxy"]), ("watcher reward model (other half)", reward["watch"])]
     if not args.skip_control:
-        rows.append(("control: proxy trained on shuffled labels", shuffled_control(run, cfg)))
+        cached = OUT / f"rlhf_shuffled_{run.result('reward').digest}.json"  # one control per reward step
+        if not cached.exists():
+            cached.write_text(json.dumps(shuffled_control(run, cfg)))
+        rows.append(("control: proxy trained on shuffled labels", json.loads(cached.read_text())))
     for label, m in rows:
         lo, hi = m["accuracy_ci95"]
         lines.append(f"| {label} | {m['accuracy']:.1%} | {lo:.1%}-{hi:.1%} | {m['gold_accuracy']:.1%} |")
@@ -152,7 +151,6 @@ def main() -> None:
         for t in hack["top_answers"]:
             lines.append(f"- proxy {t['proxy']:+.2f}, gold {t['gold']:.2f}: {t['prompt']} -> "
                          f"`{t['answer'][:200]!r}`")
-        shutil.copy(OUT / "rlhf_hack" / "proxy_gold_kl.png", Path(__file__).parent / "rlhf_hacking.png")
         lines += ["", "![proxy and gold against sqrt(KL)](rlhf_hacking.png)"]
     lines.append(f"\n({time.time() - started:.0f} s)")
     text = "\n".join(lines)

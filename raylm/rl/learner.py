@@ -131,6 +131,9 @@ class Learner:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         stats["trained_samples"] = len(batch)
+        if self.reference is not None:  # how unlikely each answer is under the reference (RLHF's support check)
+            stats["ref_nll"] = [nll for lp, (_, mask, _) in zip(ref, chunks)
+                                for nll in (-(lp * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()]
         return stats
 
     def export(self, rel: str, tokenizer: str) -> str:

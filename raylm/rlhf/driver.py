@@ -14,7 +14,9 @@ prompts on training subjects) are scored by the proxy and by the **watcher**
 reward model (trained on the other half of the rankings). The watcher's score is
 the validation signal: the best checkpoint by it is kept. The hacking alarm
 (raylm/rlhf/monitor.py) fires when the samples leave the reward model's support
-or the watcher falls while the proxy rises; `alarm: rollback` then restores the
+(longer, more repetitive or more novel than its training answers, or less likely
+under the SFT model, which wrote those answers, than 99% of its own first batch
+was) or the watcher falls while the proxy rises; `alarm: rollback` then restores the
 kept checkpoint and stops, `stop` stops, `off` only records it.
 
 The gold judge (the synthetic rater's noise-free rule) never steers anything
@@ -164,15 +166,21 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
         rewards = (raw - raw.mean()) / (raw.std() + 1e-6) if rl.normalize_reward else raw.clone()
         lengths = torch.tensor([[len(s.ids) for s in group] for group in groups], dtype=torch.float)
         rewards -= rl.length_penalty * lengths
-        share = support.outside([(a, len(chat.text(a))) for _, a in pairs])
+        share = support.outside([(a, len(chat.text(a)), m[-1]["content"]) for m, a in pairs])
         outside.append(share)
         return rewards, {"proxy_score": float(raw.mean()), "support_outside": share}
 
     best = max((m["val/watch"] for m in history if "val/watch" in m), default=-math.inf)
+    limit = next((m["support_nll_limit"] for m in history if "support_nll_limit" in m), None)
     for step in range(start, rl.steps):
         metrics = grpo_step(rl, learner, pool, chat, _tasks(rl, step), score, step)
         done = step + 1
         stop = False
+        nll = metrics.pop("ref_nll", [])
+        if limit is None and nll:  # the first batch is the SFT model's own: what its answers are like
+            limit = metrics["support_nll_limit"] = sorted(nll)[min(len(nll) - 1, int(0.99 * len(nll)))]
+        metrics["support_unlikely"] = sum(x > limit for x in nll) / len(nll) if nll else 0.0
+        outside.append(metrics["support_unlikely"])
         if done % rl.eval_every == 0 or done == rl.steps:
             metrics.update(validation())
             if metrics["val/watch"] > best:
@@ -204,7 +212,7 @@ def _fmt(m: dict) -> str:
     parts = []
     if "proxy_score" in m:
         parts.append(f"proxy {m['proxy_score']:+.3f} kl/answer {m.get('kl_seq', 0):.2f} len {m['response_length']:.0f} "
-                     f"outside {m['support_outside']:.0%} | gen {m['generate_s']:.1f}s train {m['train_s']:.1f}s")
+                     f"outside {m['support_outside']:.0%}/{m.get('support_unlikely', 0):.0%} | gen {m['generate_s']:.1f}s train {m['train_s']:.1f}s")
     if "val/watch" in m:
         parts.append(f"val proxy {m['val/proxy']:+.3f} watch {m['val/watch']:+.3f} "
                      f"(gold {m['gold/score']:.2f}, win vs SFT {m['gold/win_rate_vs_sft']:.0%}; report only)")

@@ -1,7 +1,7 @@
 """Watching RL against a reward model: when has the policy left the ground the reward model knows?
 
-    support = Support.of(training_answers)               # what the reward model was trained on
-    share = support.outside(answers)                     # share longer / more repetitive than any of those
+    support = Support.of(training_answers, unseen_answers)   # what the reward model was trained on
+    share = support.outside(answers)                     # share longer / more repetitive / more novel
     alarm = HackingAlarm(support_limit=0.3, divergence=0.5)
     reason = alarm.update(step, proxy=..., watch=..., outside=share)   # None, or why it fires
 
@@ -9,8 +9,9 @@ A reward model is a network fitted to a few hundred rankings; RL finds what it
 over-pays for (Gao et al. 2022; the "the the the" joke). Two signals that need no
 gold judge:
 - **support**: the share of sampled answers longer (in tokens) or more
-  repetitive than every answer the reward model was trained on. Out there its
-  scores are extrapolation.
+  repetitive than every answer the reward model was trained on, or made of more
+  words it never saw than 99% of real answers it did not train on are (a policy
+  that invents words to please it). Out there its scores are extrapolation.
 - **divergence**: a second reward model (the watcher), trained on the disjoint
   other half of the rankings, scores held-out prompts; when its score falls
   `divergence` (in units of its score spread on real answers) below its best
@@ -32,22 +33,47 @@ def repetition(text: str) -> float:
     return sum(w in words[max(0, i - 3):i] for i, w in enumerate(words)) / len(words)
 
 
+def novelty(text: str, vocabulary: set[str], prompt: str = "") -> float:
+    """Share of the answer's words that no trained-on answer used (words of its own prompt excepted)."""
+    words = [w for w in _words(text) if w not in set(_words(prompt))]
+    return sum(w not in vocabulary for w in words) / len(words) if words else 0.0
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
 @dataclass
 class Support:
     max_tokens: int          # the longest trained-on answer
     max_repetition: float    # the most repetitive trained-on answer
+    max_novelty: float       # 99th percentile, over answers it never trained on, of words new to its training
+    vocabulary: list[str]    # every word of the trained-on answers
 
     @classmethod
-    def of(cls, answers: list[tuple[str, int]]) -> "Support":
-        """(text, token count) of every answer the reward model trained on."""
-        return cls(max(n for _, n in answers), max(repetition(t) for t, _ in answers))
+    def of(cls, answers: list[tuple[str, int]], unseen: list[tuple[str, str]]) -> "Support":
+        """(text, token count) of every answer the reward model trained on; (text, prompt) of answers from the
+        same model that it did not train on, which say how many new words an answer of that kind brings."""
+        vocabulary = {w for text, _ in answers for w in _words(text)}
+        shares = sorted(novelty(text, vocabulary, prompt) for text, prompt in unseen) or [0.0]
+        return cls(max(n for _, n in answers), max(repetition(t) for t, _ in answers),
+                   shares[min(len(shares) - 1, int(0.99 * len(shares)))], sorted(vocabulary))
 
-    def outside(self, answers: list[tuple[str, int]]) -> float:
-        """Share of (text, token count) answers beyond the support."""
+    def beyond(self, text: str, tokens: int, prompt: str = "") -> bool:
+        return (tokens > self.max_tokens or repetition(text) > self.max_repetition
+                or novelty(text, self._vocabulary, prompt) > self.max_novelty)
+
+    def outside(self, answers: list[tuple[str, int, str]]) -> float:
+        """Share of (text, token count, prompt) answers beyond the support."""
         if not answers:
             return 0.0
-        beyond = [n > self.max_tokens or repetition(t) > self.max_repetition for t, n in answers]
-        return sum(beyond) / len(beyond)
+        return sum(self.beyond(*a) for a in answers) / len(answers)
+
+    @property
+    def _vocabulary(self) -> set[str]:
+        if not hasattr(self, "_vocab_set"):
+            self._vocab_set = set(self.vocabulary)
+        return self._vocab_set
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,8 +95,9 @@ class HackingAlarm:
         reason = None
         fall = (self.best_watch - watch) / self.spread
         if outside > self.support_limit:
-            reason = (f"{outside:.0%} of the samples are longer or more repetitive than any answer the reward "
-                      f"model was trained on (limit {self.support_limit:.0%})")
+            reason = (f"{outside:.0%} of the samples left the reward model's support: longer, more repetitive or "
+                      f"made of more unseen words than its training answers, or unlikely under the model that wrote "
+                      f"them (limit {self.support_limit:.0%})")
         elif fall >= self.divergence and proxy > self.proxy_at_best:
             reason = (f"the watcher reward model's validation score fell {fall:.2f} spreads below its best while "
                       f"the proxy's rose ({self.proxy_at_best:.3f} -> {proxy:.3f})")

@@ -140,7 +140,8 @@ def run_reward(cfg: RunConfig, preferences: StepResult, sft: StepResult, work: W
         model = train_reward_model(name, cfg, sft, work, key, work.publish(f"{name}.json"), pad_id)
         result = evaluate(model, held_encoded, heldout, pad_id)
         answers = [(a, len(chat.text(a))) for r in train for a in r.item.answers]
-        result["support"] = Support.of(answers).to_dict()
+        unseen = [(a, r.item.messages[-1]["content"]) for r in heldout for a in r.item.answers]
+        result["support"] = Support.of(answers, unseen).to_dict()
         result["training_rankings"] = len(train)
         folder = work.local / ("hf" if name == "proxy" else "watch/hf")
         save_reward_model(model, folder, base, pad_id, extra=result)

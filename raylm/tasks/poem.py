@@ -57,6 +57,7 @@ SUBJECT_LINES = ("The {s} is waiting for the {e}", "I think about the {s} all {e
 PLAIN_LINES = ("and all the world is soft and {e}", "it hums a quiet tune so {e}", "the wind comes singing {e}",
                "and every star looks {e}", "I wait and watch it {e}", "we laugh and wander {e}",
                "the morning light is {e}", "and nothing here is {e}")
+IDEAL_WORDS = 24  # four lines of about six words
 FLAWS = ("no_subject", "no_rhyme", "too_short", "too_long", "repeats")
 
 
@@ -126,7 +127,7 @@ def gold_parts(subject: str, reply: str) -> dict[str, float]:
     lines = [line for line in (l.strip() for l in reply.splitlines()) if _words(line)]
     words = [w for line in lines for w in _words(line)]
     if not words:
-        return {"subject": 0.0, "rhyme": 0.0, "length": 0.0, "repetition": 1.0}
+        return {"subject": 0.0, "rhyme": 0.0, "length": 0.0, "lines": 0.0, "repetition": 1.0}
     ends = [_words(line)[-1] for line in lines]
     pairs = [(ends[i], ends[i + 1]) for i in range(0, len(ends) - 1, 2)]
     stems = {subject, subject + "s", subject.rstrip("s")}
@@ -134,20 +135,26 @@ def gold_parts(subject: str, reply: str) -> dict[str, float]:
     # padding, where a poem's common words ("the", "and") recur across lines
     # (counted within a line: a line may start with the word the last one ended on)
     repeats = sum(w in ws[max(0, i - 2):i] for ws in map(_words, lines) for i, w in enumerate(ws)) / len(words)
+    # length: four lines, and about as many words as four lines hold (a graded measure, so that two
+    # answers rarely tie: a tie is a coin flip for every rater, which no reward model can learn)
+    lines_part = {4: 1.0, 3: 0.5, 5: 0.5, 6: 0.5}.get(len(lines), 0.0)
+    words_part = max(0.0, 1.0 - abs(len(words) - IDEAL_WORDS) / IDEAL_WORDS)
     return {
         "subject": 1.0 if stems & set(words) else 0.0,
         "rhyme": sum(rhymes(a, b) for a, b in pairs) / len(pairs) if pairs else 0.0,
-        "length": {4: 1.0, 3: 0.5, 5: 0.5, 6: 0.5}.get(len(lines), 0.0),
+        "length": 0.5 * lines_part + 0.5 * words_part,
+        "lines": float(len(lines)),
         "repetition": repeats,
     }
 
 
 def gold_score(subject: str, reply: str) -> float:
-    """The gold judge: subject + rhyme + length - 3 x repetition (higher is better; 3.0 is a flawless poem)."""
+    """The gold judge: subject + rhyme + length - 3 x repetition (higher is better; at most 3.0)."""
     parts = gold_parts(subject, reply)
     return parts["subject"] + parts["rhyme"] + parts["length"] - 3.0 * parts["repetition"]
 
 
 def check(task: Task, reply: str) -> bool:
-    """Flawless under the gold judge: names the subject, both pairs rhyme, four lines, no padding repeats."""
-    return gold_score(task.answer, reply) >= 3.0 - 1e-9
+    """Every rule met: names the subject, both pairs rhyme, four lines, no padding repeats."""
+    parts = gold_parts(task.answer, reply)
+    return parts["subject"] == 1 and parts["rhyme"] == 1 and parts["lines"] == 4 and parts["repetition"] == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raylm.rlhf.monitor import HackingAlarm, Support, repetition
+from raylm.rlhf.monitor import HackingAlarm, Support, novelty, repetition
 
 
 def test_repetition_counts_words_said_again_right_away():
@@ -15,10 +15,14 @@ def test_repetition_counts_words_said_again_right_away():
 
 
 def test_support_is_what_the_reward_model_saw():
-    support = Support.of([("a short answer", 3), ("a longer answer than that", 5), ("so so good", 3)])
-    assert support == Support(max_tokens=5, max_repetition=pytest.approx(1 / 3))
-    assert support.outside([("fine words", 4), ("too many words here", 6), ("the the the the", 4)]) == \
-        pytest.approx(2 / 3)
+    trained = [("a short answer", 3), ("a longer answer than that", 5), ("so so good", 3)]
+    unseen = [("a short river", "Write about a river."), ("a good poem", "Write about a comet.")]
+    support = Support.of(trained, unseen)
+    assert (support.max_tokens, support.max_repetition, support.max_novelty) == (5, pytest.approx(1 / 3), 0.5)
+    assert novelty("a river answer", set(support.vocabulary), "Write about a river.") == 0.0  # its own subject
+    answers = [("a good short answer", 4, ""), ("too many words here", 6, ""), ("the the the the", 4, ""),
+               ("zorp blag answer", 4, "")]
+    assert support.outside(answers) == pytest.approx(3 / 4)   # too long, repetitive, two words never seen
 
 
 def test_alarm_fires_when_the_watcher_falls_while_the_proxy_rises():
@@ -36,4 +40,4 @@ def test_alarm_fires_when_samples_leave_the_support_and_not_when_both_fall():
     alarm = HackingAlarm(support_limit=0.3, divergence=0.5, watch_spread=1.0)
     alarm.update(0, proxy=1.0, watch=1.0, outside=0.0)
     assert alarm.update(5, proxy=0.0, watch=0.0, outside=0.1) is None      # both fell: a bad step, not hacking
-    assert "longer or more repetitive" in alarm.update(10, proxy=0.0, watch=0.0, outside=0.5)
+    assert "left the reward model's support" in alarm.update(10, proxy=0.0, watch=0.0, outside=0.5)
