@@ -40,7 +40,7 @@ def shuffled_control(run, cfg) -> dict:
     import json as _json
 
     from raylm.rlhf.reward import evaluate, train_reward_model
-    from raylm.rlhf.labels import LabelStore, label_database_url
+    from raylm.rlhf.preferences import open_labels
     from raylm.runs import Work
     from raylm.tokenizer.bpe import load
     from raylm.tokenizer.chat import ChatFormat
@@ -58,7 +58,7 @@ def shuffled_control(run, cfg) -> dict:
     (work_dir / "proxy.json").write_text(_json.dumps(data))
     model = train_reward_model("shuffled", cfg, sft, work, f"control-{reward.digest}", work.publish("proxy.json"),
                                pad, shuffle_labels=True)
-    store = LabelStore(label_database_url(cfg))
+    store = open_labels(cfg, run.result("preferences"))
     heldout_ids = [r["item"] for r in data["val"]]
     by_id = {r.item.id: r for r in store.rankings(model=run.result("preferences").metrics["model"])}
     return evaluate(model, data["val"], [by_id[i] for i in heldout_ids], pad)
@@ -85,12 +85,13 @@ def summarize_hack(hack: dict) -> dict:
     last = evals[-1]
     fired = hack["metrics"]["alarm"]
     at_alarm = next((m for m in evals if fired and m["step"] == fired["step"]), None)
-    kept = hack["metrics"]["kept"]
+    kept_step = fired["kept_step"] if fired else hack["metrics"]["kept_step"]  # what the alarm rolls back to
+    kept = next(m for m in evals if m["step"] == kept_step)
     return {"peak_step": peak["step"], "peak_win": peak["gold/win_rate_vs_sft"], "last_win": last["gold/win_rate_vs_sft"],
             "proxy_first": evals[0]["val/proxy"], "proxy_peak_step": peak["val/proxy"], "proxy_last": last["val/proxy"],
             "alarm_step": fired["step"] if fired else None, "alarm_reason": fired["reason"] if fired else None,
             "win_at_alarm": at_alarm["gold/win_rate_vs_sft"] if at_alarm else None,
-            "kept_step": hack["metrics"]["kept_step"], "kept_win": kept["gold/win_rate_vs_sft"],
+            "kept_step": kept_step, "kept_win": kept["gold/win_rate_vs_sft"],
             "top_answers": last["val/top_answers"]}
 
 
@@ -145,8 +146,9 @@ def main() -> None:
         lines += ["", f"Hacking run (kl_coef 0, lr {args.hack_lr}, {args.hack_steps} steps, alarm off = recorded): "
                   f"proxy {hack['proxy_first']:+.3f} -> {hack['proxy_last']:+.3f}; gold win rate peak "
                   f"{hack['peak_win']:.1%} at step {hack['peak_step']}, last {hack['last_win']:.1%}; alarm at step "
-                  f"{hack['alarm_step']} (gold win rate then {hack['win_at_alarm']}): {hack['alarm_reason']}; kept "
-                  f"step {hack['kept_step']} with gold win rate {hack['kept_win']:.1%}.", "",
+                  f"{hack['alarm_step']} (gold win rate then {hack['win_at_alarm']}): {hack['alarm_reason']}; the "
+                  f"checkpoint a rollback restores: step {hack['kept_step']}, gold win rate {hack['kept_win']:.1%}.",
+                  "",
                   "The five answers the proxy scores highest at the end:", ""]
         for t in hack["top_answers"]:
             lines.append(f"- proxy {t['proxy']:+.2f}, gold {t['gold']:.2f}: {t['prompt']} -> "

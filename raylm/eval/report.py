@@ -42,7 +42,7 @@ def rlhf_section(metrics: dict) -> str:
     """The rlhf step's own measures (its manifest's metrics), under the table."""
     win = metrics["final_gold_win_rate"]
     kept, alarm = metrics["kept"], metrics.get("alarm")
-    lines = ["", "## RLHF", "",
+    lines = ["", "", "## RLHF", "",
              f"- reward model (proxy) held-out pair accuracy: {metrics['reward_accuracy']:.1%} against the labels, "
              f"{metrics['reward_gold_accuracy']:.1%} against the gold judge's order",
              f"- gold-judge win rate of the kept RLHF checkpoint (step {metrics['kept_step']}) over SFT: "

@@ -170,7 +170,8 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
         outside.append(share)
         return rewards, {"proxy_score": float(raw.mean()), "support_outside": share}
 
-    best = max((m["val/watch"] for m in history if "val/watch" in m), default=-math.inf)
+    best, best_step = max(((m["val/watch"], m["step"]) for m in history if "val/watch" in m),
+                          default=(-math.inf, 0))
     limit = next((m["support_nll_limit"] for m in history if "support_nll_limit" in m), None)
     for step in range(start, rl.steps):
         metrics = grpo_step(rl, learner, pool, chat, _tasks(rl, step), score, step)
@@ -183,12 +184,13 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
         outside.append(metrics["support_unlikely"])
         if done % rl.eval_every == 0 or done == rl.steps:
             metrics.update(validation())
-            if metrics["val/watch"] > best:
-                best = metrics["val/watch"]
-                ray.get(learner.keep_best.remote(done))
             reason = alarm.update(done, metrics["val/proxy"], metrics["val/watch"], max(outside, default=0.0))
             outside.clear()
+            if metrics["val/watch"] > best and not reason:  # a step the alarm fires at is never the one kept
+                best, best_step = metrics["val/watch"], done
+                ray.get(learner.keep_best.remote(done))
             if reason and alarm.fired["step"] == done:
+                alarm.fired["kept_step"] = best_step  # what a rollback restores (also recorded with alarm=off)
                 action = {"rollback": "rolling back to the kept checkpoint and stopping", "stop": "stopping",
                           "off": "going on (rlhf.alarm=off)"}[rl.alarm]
                 print(f"[rlhf] HACKING ALARM at step {done}: {reason}; {action}", flush=True)

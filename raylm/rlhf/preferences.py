@@ -21,7 +21,8 @@ import random
 
 from raylm.config import RunConfig
 from raylm.rl.rollout import RolloutPool
-from raylm.rlhf.labels import LabelStore, NewItem, label_database_url, shown_url
+from raylm.errors import InputError
+from raylm.rlhf.labels import LabelStore, NewItem, default_url, label_database_url, shown_url
 from raylm.rlhf.rater import rate_all
 from raylm.runs import StepResult, Work
 from raylm.tasks import families
@@ -30,6 +31,15 @@ from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import ChatFormat, answer_text
 
 HELDOUT_SHARE = 0.2
+SNAPSHOT = "labels.db"  # in the step's folder, when the run's storage is a bucket
+
+
+def open_labels(cfg: RunConfig, preferences: StepResult) -> LabelStore:
+    """The label database the preferences step filled: the run's, or the snapshot in its folder."""
+    if preferences.metrics.get("snapshot"):
+        folder = preferences.storage.local(preferences.rel, only=(SNAPSHOT,))
+        return LabelStore(default_url(folder / SNAPSHOT))
+    return LabelStore(label_database_url(cfg))
 
 
 def model_tag(sft: StepResult) -> str:
@@ -76,10 +86,17 @@ def sample_items(cfg: RunConfig, sft: StepResult, store: LabelStore) -> int:
 
 
 def run_preferences(cfg: RunConfig, sft: StepResult, work: Work) -> dict:
-    url = label_database_url(cfg)
+    # a bucket cannot hold a live SQLite file: without a database URL, the synthetic rater's labels are
+    # kept as a snapshot in this step's folder (people label into a real database: preferences.database_url)
+    snapshot = not cfg.preferences.database_url and not work.storage.is_local
+    if snapshot and cfg.preferences.rater == "human":
+        raise InputError("preferences.rater=human on shared storage needs preferences.database_url "
+                         "(e.g. postgresql://user@host/labels) that `raylm label` and the steps all reach")
+    url = default_url(work.local / SNAPSHOT) if snapshot else label_database_url(cfg)
     store = LabelStore(url)
     added = sample_items(cfg, sft, store)
-    metrics: dict = {"database": shown_url(url), "model": model_tag(sft), "items_added": added,
+    metrics: dict = {"database": SNAPSHOT if snapshot else shown_url(url), "snapshot": snapshot,
+                     "model": model_tag(sft), "items_added": added,
                      "items": store.count_items(model=model_tag(sft)), "rater": cfg.preferences.rater}
     if cfg.preferences.rater == "synthetic":
         metrics["synthetic"] = rate_all(store, cfg.preferences.rater_agreement, cfg.preferences.seed)

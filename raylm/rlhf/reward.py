@@ -29,8 +29,9 @@ from itertools import combinations
 from raylm.config import RunConfig
 from raylm.model.hf import from_hf_config
 from raylm.model.reward import RewardModel, save_reward_model
-from raylm.rlhf.labels import LabelStore, Ranking, label_database_url
+from raylm.rlhf.labels import Ranking
 from raylm.rlhf.monitor import Support
+from raylm.rlhf.preferences import open_labels
 from raylm.runs import StepResult, Work
 from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import ChatFormat
@@ -118,8 +119,7 @@ def evaluate(model: RewardModel, heldout: list[dict], rankings: list[Ranking], p
 
 
 def run_reward(cfg: RunConfig, preferences: StepResult, sft: StepResult, work: Work, key: str) -> dict:
-    store = LabelStore(label_database_url(cfg))
-    rankings = store.rankings(model=preferences.metrics["model"])
+    rankings = open_labels(cfg, preferences).rankings(model=preferences.metrics["model"])
     if len(rankings) < MIN_RANKINGS:
         raise ValueError(f"only {len(rankings)} rankings of {preferences.metrics['model']} in the label database; "
                          f"rank at least {MIN_RANKINGS} (`raylm label`) before training a reward model")

@@ -53,13 +53,14 @@ def ranking_loss(scores: torch.Tensor, order: list[int]) -> torch.Tensor:
 
 
 def score_rankings(model: RewardModel, rankings: list[dict], pad_id: int, batch: int = 64) -> list[list[float]]:
-    """Each ranking's answers' scores, in answer order (no gradients)."""
+    """Each ranking's answers' scores, in answer order (no gradients), on the model's device."""
     flat = [seq for r in rankings for seq in r["seqs"]]
+    device = next(model.parameters()).device
     scores: list[float] = []
     with torch.no_grad():
         for i in range(0, len(flat), batch):
             ids, lengths = pad_batch(flat[i:i + batch], pad_id)
-            scores += model.score_last(ids, lengths).tolist()
+            scores += model.score_last(ids.to(device), lengths.to(device)).float().tolist()
     out, at = [], 0
     for r in rankings:
         out.append(scores[at:at + len(r["seqs"])])
@@ -105,7 +106,8 @@ def reward_loop(config: RewardLoopConfig) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]
-    ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
+    device = ray.train.torch.get_device()
+    ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp")  # also moves the model to `device`
     order = list(range(len(train)))
     epochs: dict[int, list[int]] = {}
     tag, started = f"[reward:{config.name}]", time.time()
@@ -123,6 +125,7 @@ def reward_loop(config: RewardLoopConfig) -> None:
             picks.append(train[epochs[epoch][at]])
         seqs = [seq for r in picks for seq in r["seqs"]]
         ids, lengths = pad_batch(seqs, config.pad_id)
+        ids, lengths = ids.to(device), lengths.to(device)
         scores = ddp(ids).gather(1, (lengths - 1)[:, None])[:, 0]
         losses, at = [], 0
         for r in picks:
@@ -150,7 +153,7 @@ def reward_loop(config: RewardLoopConfig) -> None:
             save = last or done % cfg.checkpoint_every == 0
             with tempfile.TemporaryDirectory() as tmp:
                 if rank == 0 and save:
-                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done,
+                    torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "optimizer": optimizer.state_dict(), "step": done,
                                 "history": history, "metrics": metrics,
                                 "model_config": model.cfg.model_dump()}, Path(tmp) / CHECKPOINT_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp)
