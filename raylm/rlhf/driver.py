@@ -37,7 +37,7 @@ import time
 import torch
 
 from raylm.config import RunConfig
-from raylm.rl.driver import grpo_step
+from raylm.rl.driver import grpo_step, step_tasks
 from raylm.rl.learner import Learner
 from raylm.rl.rollout import RolloutPool
 from raylm.rlhf.monitor import HackingAlarm, Support
@@ -174,7 +174,7 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
                           default=(-math.inf, 0))
     limit = next((m["support_nll_limit"] for m in history if "support_nll_limit" in m), None)
     for step in range(start, rl.steps):
-        metrics = grpo_step(rl, learner, pool, chat, _tasks(rl, step), score, step)
+        metrics = grpo_step(rl, learner, pool, chat, step_tasks(rl, step), score, step)
         done = step + 1
         stop = False
         nll = metrics.pop("ref_nll", [])
@@ -202,12 +202,6 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
         if stop:
             break
     return history, alarm.fired
-
-
-def _tasks(rl, step: int) -> list[Task]:
-    from raylm.rl.driver import step_tasks
-
-    return step_tasks(rl, step)
 
 
 def _fmt(m: dict) -> str:

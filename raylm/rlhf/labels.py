@@ -22,6 +22,8 @@ locked FOR UPDATE and the choice re-checked before the lease is written.
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import json
 import re
 import time
@@ -283,6 +285,17 @@ class LabelStore:
                 item_id = self._insert_item(conn, item)
                 self._rank(conn, Item(item_id, item.messages, item.answers, item.model, item.meta), labeler, [0, 1])
         return len(new)
+
+    def seal(self) -> None:
+        """Close a SQLite database into one self-contained file (WAL merged back), so that the file alone
+        can be copied (the preferences step's snapshot on bucket storage); the store is closed after."""
+        self.engine.dispose()
+        if self.engine.url.get_backend_name() == "sqlite":
+            import sqlite3
+
+            with closing(sqlite3.connect(self.engine.url.database)) as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.execute("PRAGMA journal_mode = DELETE")
 
     # --- reading ------------------------------------------------------------------------------------
     def count_items(self, model: str | None = None) -> int:

@@ -106,6 +106,8 @@ def run_preferences(cfg: RunConfig, sft: StepResult, work: Work) -> dict:
                   f"order {s['measured_agreement']:.1%} of the time (target {s['target_agreement']:.0%}, "
                   f"noise sigma {s['noise_sigma']:.2f})", flush=True)
     metrics["labels"] = store.stats()
+    if snapshot:
+        store.seal()  # the step uploads the file alone: nothing may stay in SQLite's write-ahead log
     if cfg.preferences.rater == "human":
         print(f"[preferences] {metrics['labels']} — rank items with `raylm label`, then run `raylm reward`",
               flush=True)

@@ -195,3 +195,18 @@ def test_raylm_label_exports_imports_and_refuses_an_empty_database(tmp_path, cap
     pairs.write_text("not json\n")
     assert main(["label", "--import", str(pairs), *run]) == 2
     assert f"{pairs}:1: not a preference pair" in capsys.readouterr().err
+
+
+def test_a_sealed_database_is_one_file_that_copies_whole(tmp_path):
+    """The preferences step's snapshot on bucket storage: only labels.db travels, so nothing may stay in the WAL."""
+    import shutil
+
+    store = LabelStore(default_url(tmp_path / "a" / "labels.db"))
+    [item] = store.add_items([NewItem([{"role": "user", "content": "Rank these."}], ["x", "y", "z"], "m", {})])
+    store.submit_ranking(item, "rater", [2, 0, 1], kind="synthetic")
+    store.seal()
+    assert not (tmp_path / "a" / "labels.db-wal").exists()
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "labels.db", tmp_path / "b" / "labels.db")
+    copy = LabelStore(default_url(tmp_path / "b" / "labels.db"))
+    assert [(r.labeler, r.order) for r in copy.rankings()] == [("rater", [2, 0, 1])] and len(copy.pairs()) == 3
