@@ -31,12 +31,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from ray import serve
-from starlette.exceptions import HTTPException
 
 from raylm.config import RunConfig, ServeConfig
 from raylm.errors import InputError
 from raylm.rlhf.labels import LabelStore
-from raylm.serve.guards import authorize, load_api_key, page_headers, read_body, require_json
+from raylm.serve.guards import authorize, install_error_handlers, load_api_key, page_headers, read_body, require_json
 from raylm.serve.protocol import APIError
 
 log = logging.getLogger("ray.serve")
@@ -61,21 +60,7 @@ class VerdictBody(BaseModel):
     note: str = Field("", max_length=2000)
 
 
-@app.exception_handler(APIError)
-async def _api_error(request: Request, err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
-
-
-@app.exception_handler(HTTPException)
-async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
-    return JSONResponse(APIError(err.status_code, str(err.detail)).body(), status_code=err.status_code)
-
-
-@app.exception_handler(Exception)
-async def _internal_error(request: Request, err: Exception) -> JSONResponse:
-    log.exception("request %s %s failed", request.method, request.url.path)
-    body = APIError(500, "internal server error (details are in the server log)", type="server_error").body()
-    return JSONResponse(body, status_code=500)
+install_error_handlers(app)
 
 
 @serve.deployment(name="LabelPage", num_replicas=1, max_ongoing_requests=32, graceful_shutdown_timeout_s=2,

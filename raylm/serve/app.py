@@ -31,11 +31,11 @@ from typing import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
-from starlette.exceptions import HTTPException
 
 from raylm.config import ServeConfig, StorageConfig
 from raylm.serve.assistant import Assistant, Turn
-from raylm.serve.guards import authorize, load_api_key, page_headers, read_body, require_json
+from raylm.serve.guards import (INTERNAL, authorize, install_error_handlers, load_api_key, page_headers, read_body,
+                                require_json)
 from raylm.serve.protocol import (APIError, ChatRequest, CompletionRequest, Request as APIRequest, chat_chunk,
                                   chat_response, completion_response, new_id, read_request, sse, usage, usage_chunk)
 from raylm.storage import Storage
@@ -44,24 +44,9 @@ log = logging.getLogger("ray.serve")
 PAGE = Path(__file__).parent / "static" / "chat.html"
 
 app = FastAPI(title="raylm", docs_url=None, redoc_url=None, openapi_url=None)
-INTERNAL = APIError(500, "internal server error (details are in the server log)", type="server_error")
 
 
-@app.exception_handler(APIError)
-async def _api_error(request: Request, err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
-
-
-@app.exception_handler(HTTPException)
-async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
-    """Starlette's own 404/405 (unknown route, wrong method) in OpenAI's shape too."""
-    return JSONResponse(APIError(err.status_code, str(err.detail)).body(), status_code=err.status_code)
-
-
-@app.exception_handler(Exception)
-async def _internal_error(request: Request, err: Exception) -> JSONResponse:
-    log.exception("request %s %s failed", request.method, request.url.path)
-    return JSONResponse(INTERNAL.body(), status_code=500)
+install_error_handlers(app)
 
 
 def _stream(chunks: AsyncIterator[str]) -> StreamingResponse:

@@ -23,15 +23,20 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import re
 from pathlib import Path
 
-from fastapi import Request
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from raylm.config import ServeConfig
 from raylm.serve.protocol import APIError
+
+INTERNAL = APIError(500, "internal server error (details are in the server log)", type="server_error")
 
 
 class MissingKeyError(RuntimeError):
@@ -124,3 +129,25 @@ def page_headers(page: str) -> dict[str, str]:
            f"base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
     return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
             "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's shape: APIError as raised, Starlette's own 404/405 (unknown route, wrong
+    method), and anything unexpected as a 500 whose traceback stays in the replica's log. (Module-level
+    handlers: Serve pickles the app, and these travel by reference.)"""
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+
+
+async def api_error(request: Request, err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+    return JSONResponse(APIError(err.status_code, str(err.detail)).body(), status_code=err.status_code)
+
+
+async def internal_error(request: Request, err: Exception) -> JSONResponse:
+    logging.getLogger("ray.serve").exception("request %s %s failed", request.method, request.url.path)
+    return JSONResponse(INTERNAL.body(), status_code=500)
