@@ -54,7 +54,7 @@ def check_storage(storage: Storage, rel: str) -> int:
     nodes = [n for n in ray.nodes() if n["Alive"]]
     try:
         answers = _on_each_node(_probe, nodes, storage, folder)
-        for node in nodes:
+        for node in (n for n in nodes if n["NodeID"] in answers):
             node_id = node["NodeID"]
             problem = answers[node_id]
             if isinstance(problem, Exception):
@@ -67,7 +67,7 @@ def check_storage(storage: Storage, rel: str) -> int:
     finally:
         _on_each_node(_forget, nodes, storage, folder)
         storage.delete(folder)
-    return len(nodes)
+    return len(answers)
 
 
 def node_facts() -> dict:
@@ -102,7 +102,10 @@ def _forget(storage: Storage, folder: str, node_id: str) -> None:
 
 
 def _on_each_node(fn, nodes: list[dict], *args) -> dict[str, object]:
-    """fn(*args, node_id) as a zero-CPU task pinned to every node; results keyed by node id."""
+    """fn(*args, node_id) as a zero-CPU task pinned to every node; results keyed by node id.
+
+    A node that fails its task and is dead by then is left out: it left the cluster during the check (a
+    pod that crashed is listed alive until the head's health checks give up on it) and will run no work."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -115,6 +118,12 @@ def _on_each_node(fn, nodes: list[dict], *args) -> dict[str, object]:
             results[node_id] = ray.get(ref, timeout=TIMEOUT_S)
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as err:
             results[node_id] = err
+    failed = [n for n, r in results.items() if isinstance(r, Exception)]
+    if failed:
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        for node_id in (n for n in failed if n not in alive):
+            print(f"[preflight] node {node_id[:12]} left the cluster during the check; skipped", flush=True)
+            del results[node_id]
     return results
 
 

@@ -35,11 +35,11 @@ from tests.test_jobs import raylm
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_ENV = {"excludes": [".venv", "runs", ".git", "tests", "benchmarks", "*.pyc"]}
-STEPS = ["data", "search", "tokenizer", "pretrain", "sft", "rl", "eval"]
+STEPS = ["data", "search", "tokenizer", "pretrain", "sft", "rl", "preferences", "reward", "rlhf", "eval"]
 # one of each kind of actor per node: a node holds 2 CPUs, each of these asks for more than half
 PLACEMENT = ["data.num_workers=2", "data.worker_cpus=1.5", "pretrain.placement_strategy=STRICT_SPREAD",
              "pretrain.steps=300", "pretrain.checkpoint_every=10", "pretrain.eval_every=300",
-             "sft.placement_strategy=STRICT_SPREAD", "rl.steps=6", "rl.checkpoint_every=1", "rl.learner_cpus=1.5",
+             "sft.placement_strategy=STRICT_SPREAD", "rl.steps=10", "rl.checkpoint_every=1", "rl.learner_cpus=1.5",
              "serve.engine=torch", "serve.host=127.0.0.1", "serve.proxy_location=HeadOnly", "serve.replica_cpus=1.5",
              "serve.autoscaling={min_replicas: 2, max_replicas: 2}"]
 
@@ -192,7 +192,7 @@ def test_pipeline_on_two_nodes_with_s3_and_faults(single_node_kept, sample_files
             cluster, ["bash", "-c", " && ".join(" ".join(f"'{w}'" for w in job(s)) for s in ("sft", "rl"))],
             lambda logs: any(p.startswith("rl_state/") for p in stored("rl_state")) and "[rl] step" in logs)
         rl = json.loads(fs.open_input_stream(f"{runs}/rl/manifest.json").read())["metrics"]
-        assert rl["actor_failures"] >= 1 and rl["restored_from"] >= 1 and rl["final"]["step"] == 6, rl
+        assert rl["actor_failures"] >= 1 and rl["restored_from"] >= 1 and rl["final"]["step"] == 10, rl
         figures["rl_restored_from"] = rl["restored_from"]
 
         code, logs = cluster.submit(job("run"), ROOT, RUNTIME_ENV, timeout=900)  # eval, then serve
