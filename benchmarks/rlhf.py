@@ -11,8 +11,8 @@
 2. RLHF with KL (the run's rlhf step): the gold-judge win rate of the kept
    checkpoint over SFT on the held-out prompts, with its bootstrap interval.
 3. Reward hacking: the rlhf step run again into benchmarks/out/rlhf_hack with KL
-   off, a higher learning rate and the alarm set to `off` (it records when it
-   would fire and training goes on), so the proxy's rise and the gold judge's fall
+   and the SFT loss (ptx) off, a higher learning rate and the alarm set to `off`
+   (it records when it would fire and training goes on), so the proxy's rise and the gold judge's fall
    after it can be seen; proxy and gold against sqrt(KL) are plotted
    (Gao et al. 2022) and the five answers the proxy scores highest at the end are
    printed.
@@ -67,6 +67,7 @@ def shuffled_control(run, cfg) -> dict:
 def hacking_run(run, cfg, steps: int, lr: float) -> dict:
     hacked = cfg.model_copy(deep=True)
     hacked.rlhf.kl_coef, hacked.rlhf.lr, hacked.rlhf.steps, hacked.rlhf.alarm = 0.0, lr, steps, "off"
+    hacked.rlhf.ptx_coef = 0.0  # no SFT loss either: nothing holds the policy near SFT
     from raylm.steps import Run
 
     hack = Run(hacked, on_work=run.on_work)
@@ -143,7 +144,8 @@ def main() -> None:
               f"{win['prompts']} held-out prompts; alarm: {rlhf['alarm'] or 'did not fire'}."]
     if not args.skip_hack:
         hack = summarize_hack(hacking_run(run, cfg, args.hack_steps, args.hack_lr))
-        lines += ["", f"Hacking run (kl_coef 0, lr {args.hack_lr}, {args.hack_steps} steps, alarm off = recorded): "
+        lines += ["", f"Hacking run (kl_coef 0, ptx_coef 0, lr {args.hack_lr}, {args.hack_steps} steps, "
+                  f"alarm off = recorded): "
                   f"proxy {hack['proxy_first']:+.3f} -> {hack['proxy_last']:+.3f}; gold win rate peak "
                   f"{hack['peak_win']:.1%} at step {hack['peak_step']}, last {hack['last_win']:.1%}; alarm at step "
                   f"{hack['alarm_step']} (gold win rate then {hack['win_at_alarm']}): {hack['alarm_reason']}; the "

@@ -277,6 +277,11 @@ class RlhfConfig(RlConfig):
                                  "more repetitive than any answer the reward model was trained on")
     alarm_divergence: float = Field(0.5, gt=0, description="fires when the watcher's validation score falls "
                                     "this far (in its std units) below its best while the proxy's rises")
+    ptx_coef: float = Field(0.0, ge=0, description="weight of the SFT loss on demonstrations of the other task "
+                            "families mixed into every update (InstructGPT's PPO-ptx, with SFT data): keeps "
+                            "what SFT taught outside the rewarded prompts")
+    ptx_demos: int = Field(16, ge=1, description="demonstrations per update when ptx_coef > 0, drawn fresh "
+                           "each step from sft.mix's families other than rlhf.families")
 
 
 class EvalConfig(Strict):

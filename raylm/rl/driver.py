@@ -159,9 +159,10 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
 
 
 def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks: list[Task], score,
-              step: int) -> dict:
+              step: int, demos: list[tuple[list[int], list[int]]] | None = None) -> dict:
     """One GRPO step: sample a group per task, score them (`score(tasks, groups) -> ((tasks, group) rewards,
-    metrics)`), group-relative advantages, one learner update, the new weights pushed to the rollout engines."""
+    metrics)`), group-relative advantages, one learner update (with `demos`' SFT loss mixed in, if any), the
+    new weights pushed to the rollout engines."""
     import ray
 
     timings = {}
@@ -178,7 +179,7 @@ def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks
     t0 = time.perf_counter()
     batch = [{"prompt": prompt, "response": sample.ids, "advantage": float(advantages[i, j])}
              for i, (prompt, group) in enumerate(zip(prompts, groups)) for j, sample in enumerate(group)]
-    metrics = ray.get(learner.update.remote(batch))
+    metrics = ray.get(learner.update.remote(batch, demos))
     timings["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -48,13 +48,27 @@ def collate(batch: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor,
     return sequences, mask, advantages
 
 
+def demo_loss(model, demos: list[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
+    """Mean next-token NLL over the assistant tokens of whole demonstrations ((ids, loss mask) pairs, as
+    ChatFormat.render gives them): the SFT loss, for mixing into an RL update."""
+    length = max(len(ids) for ids, _ in demos)
+    sequences = torch.full((len(demos), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(demos), length - 1)
+    for row, (ids, trained) in enumerate(demos):
+        sequences[row, :len(ids)] = torch.tensor(ids)
+        mask[row, :len(ids) - 1] = torch.tensor(trained[1:], dtype=torch.float)
+    logprobs = token_logprobs(model, sequences, 1.0)
+    return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+
+
 class Learner:
-    def __init__(self, storage: Storage, checkpoint: str, cfg: RlConfig, pad_id: int, track_kl: bool = False):
+    def __init__(self, storage: Storage, checkpoint: str, cfg: RlConfig, pad_id: int, track_kl: bool = False,
+                 demo_coef: float = 0.0):
         from raylm.model.hf import load_pretrained
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         torch.manual_seed(cfg.seed)
-        self.storage, self.cfg, self.pad_id = storage, cfg, pad_id
+        self.storage, self.cfg, self.pad_id, self.demo_coef = storage, cfg, pad_id, demo_coef
         self.model = load_pretrained(storage.local(checkpoint)).train()
         self.reference = None
         if cfg.kl_coef > 0 or track_kl:
@@ -96,13 +110,17 @@ class Learner:
 
         return pack(self.model)
 
-    def update(self, batch: list[dict]) -> dict:
-        """GRPO on one batch of samples: `updates_per_batch` passes, micro-batched, one optimizer step each."""
+    def update(self, batch: list[dict], demos: list[tuple[list[int], list[int]]] | None = None) -> dict:
+        """GRPO on one batch of samples: `updates_per_batch` passes, micro-batched, one optimizer step each.
+
+        `demos`: demonstrations whose SFT loss, times `demo_coef`, joins every pass, so what SFT taught
+        outside the rewarded prompts stays (RLHF's `ptx_coef`: InstructGPT's PPO-ptx, with SFT data)."""
         s = self.cfg
         batch = [item for item in batch if item["advantage"] != 0 and item["response"]]  # nothing to learn otherwise
         self.step += 1
         if not batch:
             return {"loss": 0.0, "trained_samples": 0}
+        ptx = self.demo_coef if demos else 0.0
         micro = s.micro_batch
         chunks = [collate(batch[i:i + micro], self.pad_id) for i in range(0, len(batch), micro)]
         num_tokens = float(sum(mask.sum() for _, mask, _ in chunks))
@@ -126,6 +144,14 @@ class Learner:
                 stats["clip_fraction"] += part["clip_fraction"] * share
                 stats["kl"] += part.get("kl", 0.0) * share
                 stats["kl_seq"] += part.get("kl_sum", 0.0) / len(batch) / s.updates_per_batch
+            if ptx > 0:  # micro-batched too, each part weighted by its share of the demonstrations' tokens
+                total = sum(sum(mask[1:]) for _, mask in demos)
+                for i in range(0, len(demos), micro):
+                    part = demos[i:i + micro]
+                    nll = demo_loss(self.model, part, self.pad_id)
+                    weight = sum(sum(mask[1:]) for _, mask in part) / max(total, 1)
+                    (ptx * weight * nll).backward()
+                    stats["ptx_nll"] = stats.get("ptx_nll", 0.0) + float(nll.detach()) * weight / s.updates_per_batch
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                                       s.grad_clip or float("inf")))
             self.optimizer.step()

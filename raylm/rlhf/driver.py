@@ -7,7 +7,9 @@ actor, in-memory weight pushes) with the reward from the proxy reward model,
 scored by a pool of Ray actors (raylm/rlhf/scorer.py). Per step: the proxy's
 scores, whitened over the batch (`normalize_reward`), minus `length_penalty` per
 token; the KL to the SFT model is measured always (k3, per token and summed per
-answer), and penalised with `kl_coef`.
+answer), and penalised with `kl_coef`. With `ptx_coef` > 0 every update also takes
+the SFT loss on fresh demonstrations of the other task families (`demonstrations`),
+so that what SFT taught outside the rewarded prompts is not traded away.
 
 Every `eval_every` steps, greedy answers to `validation_prompts` prompts (unseen
 prompts on training subjects) are scored by the proxy and by the **watcher**
@@ -33,6 +35,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 
 import torch
 
@@ -48,7 +51,20 @@ from raylm.tasks.poem import gold_score
 from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import ChatFormat, answer_text
 
-VALIDATION_SEED, FINAL_SEED = 9001, 9002
+VALIDATION_SEED, FINAL_SEED, DEMO_SEED = 9001, 9002, 9003
+
+
+def demonstrations(cfg: RunConfig, chat: ChatFormat, step: int) -> list[tuple[list[int], list[int]]] | None:
+    """`rlhf.ptx_demos` SFT conversations for this step (ids, assistant-token mask), drawn in proportion to
+    sft.mix from its families other than RLHF's own; None when `ptx_coef` is 0."""
+    rl = cfg.rlhf
+    mix = {f: n for f, n in cfg.sft.mix.items() if f not in rl.families and n > 0}
+    if rl.ptx_coef == 0 or not mix:
+        return None
+    rng = random.Random(f"{DEMO_SEED}-{rl.seed}-{step}")
+    counts = Counter(rng.choices(sorted(mix), weights=[mix[f] for f in sorted(mix)], k=rl.ptx_demos))
+    rendered = [chat.render(t.conversation()) for t in generate_tasks(dict(counts), DEMO_SEED * 1_000_003 + step)]
+    return [(r.ids, r.mask) for r in rendered if len(r.ids) <= cfg.sft.seq_len + 1]
 
 
 def final_tasks(count: int) -> list[Task]:
@@ -107,7 +123,7 @@ def run_rlhf(cfg: RunConfig, sft: StepResult, reward: StepResult, work: Work, st
     chat = ChatFormat(load(storage.local(policy, only=("tokenizer.json",))))
     support = Support(**reward.metrics["proxy"]["support"])
     learner = ray.remote(Learner).options(num_cpus=rl.learner_cpus, num_gpus=rl.learner_gpus).remote(
-        storage, policy, rl, chat.tok.token_to_id("<|pad|>"), track_kl=True)
+        storage, policy, rl, chat.tok.token_to_id("<|pad|>"), track_kl=True, demo_coef=rl.ptx_coef)
     pool = RolloutPool(rl.engine, storage, policy, rl.num_rollout_workers, [chat.im_end], rl.rollout_cpus,
                        rl.rollout_gpus, rl.kv_cache_gib, rl.seed)
     scorers = ScorerPool(storage, {"proxy": f"{reward.rel}/hf", "watch": f"{reward.rel}/watch/hf"},
@@ -174,7 +190,8 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
                           default=(-math.inf, 0))
     limit = next((m["support_nll_limit"] for m in history if "support_nll_limit" in m), None)
     for step in range(start, rl.steps):
-        metrics = grpo_step(rl, learner, pool, chat, step_tasks(rl, step), score, step)
+        metrics = grpo_step(rl, learner, pool, chat, step_tasks(rl, step), score, step,
+                            demonstrations(cfg, chat, step))
         done = step + 1
         stop = False
         nll = metrics.pop("ref_nll", [])
@@ -207,8 +224,10 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
 def _fmt(m: dict) -> str:
     parts = []
     if "proxy_score" in m:
+        sft = f" sft nll {m['ptx_nll']:.3f}" if "ptx_nll" in m else ""
         parts.append(f"proxy {m['proxy_score']:+.3f} kl/answer {m.get('kl_seq', 0):.2f} len {m['response_length']:.0f} "
-                     f"outside {m['support_outside']:.0%}/{m.get('support_unlikely', 0):.0%} | gen {m['generate_s']:.1f}s train {m['train_s']:.1f}s")
+                     f"outside {m['support_outside']:.0%}/{m.get('support_unlikely', 0):.0%}{sft} | "
+                     f"gen {m['generate_s']:.1f}s train {m['train_s']:.1f}s")
     if "val/watch" in m:
         parts.append(f"val proxy {m['val/proxy']:+.3f} watch {m['val/watch']:+.3f} "
                      f"(gold {m['gold/score']:.2f}, win vs SFT {m['gold/win_rate_vs_sft']:.0%}; report only)")

@@ -1,4 +1,5 @@
-"""GRPO on hand-computed numbers: advantages, the clipped surrogate, token-level normalisation, k3 KL."""
+"""GRPO on hand-computed numbers: advantages, the clipped surrogate, token-level normalisation, k3 KL, and the
+SFT loss RLHF mixes in."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from raylm.rl.grpo import group_advantages, k3_kl, policy_loss
-from raylm.rl.learner import collate
+from raylm.rl.learner import collate, demo_loss
 
 
 def test_group_advantages():
@@ -74,3 +75,12 @@ def test_collate_masks_exactly_the_response_targets():
     # targets are sequences[:, 1:]: row 0 predicts 8 and 9 at positions 2, 3; row 1 predicts 4 at position 0
     assert mask.tolist() == [[0, 0, 1, 1], [1, 0, 0, 0]]
     assert advantages.tolist() == [[0, 0, 0.5, 0.5], [-1, 0, 0, 0]]
+
+
+def test_demo_loss_is_the_mean_nll_of_the_assistant_tokens_only():
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])  # every position predicts this, whatever came before
+    model = lambda seqs: torch.log(probs).expand(*seqs.shape, 4)  # noqa: E731
+    # demo 1: targets 1, 2, 3 of which 2 and 3 are the assistant's; demo 2 (padded): target 3, trained
+    demos = [([0, 1, 2, 3], [0, 0, 1, 1]), ([2, 3], [0, 1])]
+    loss = demo_loss(model, demos, pad_id=0)
+    assert float(loss) == pytest.approx(-(math.log(0.3) + math.log(0.4) + math.log(0.4)) / 3)
