@@ -16,6 +16,10 @@
    after it can be seen; proxy and gold against sqrt(KL) are plotted
    (Gao et al. 2022) and the five answers the proxy scores highest at the end are
    printed.
+4. The SFT loss mix (`rlhf.ptx_coef`): the rlhf step run again with ptx off into
+   <run>/benchmarks/rlhf_noptx, then SFT, the run's RLHF model and that one
+   evaluated on the same `--eval-tasks` held-out tasks per family (greedy): what
+   RLHF on poems costs the other families with and without the mix.
 Markdown for benchmarks/RESULTS.md goes to stdout and benchmarks/out/rlhf.md.
 """
 
@@ -80,6 +84,35 @@ def hacking_run(run, cfg, steps: int, lr: float) -> dict:
     return {"metrics": result.metrics, "history": json.loads((folder / "history.json").read_text())}
 
 
+def ptx_control(run, cfg, tasks_per_family: int) -> list[str]:
+    """RLHF again with ptx_coef 0, then SFT / RLHF / RLHF without ptx on the same held-out tasks: markdown lines."""
+    from raylm.eval.capability import evaluate_many
+    from raylm.steps import Run
+
+    control = cfg.model_copy(deep=True)
+    control.rlhf.ptx_coef = 0.0
+    rel = f"{cfg.name}/benchmarks/rlhf_noptx"
+    if run.storage.exists(rel):
+        run.storage.delete(rel)
+    result = Run(control, on_work=run.on_work).execute("rlhf", at=(run.storage, rel))
+    eval_cfg = cfg.eval.model_copy(update={"num_per_family": tasks_per_family})
+    models = {"sft": run.result("sft"), f"rlhf (ptx_coef {cfg.rlhf.ptx_coef:g})": run.result("rlhf"),
+              "rlhf (ptx_coef 0)": result}
+    scores = evaluate_many([r.storage.child(f"{r.rel}/hf") for r in models.values()], eval_cfg)
+    names = list(models)
+    lines = [f"| {tasks_per_family} held-out tasks per family, greedy | " + " | ".join(names) + " |",
+             "| --- |" + " ---: |" * len(names)]
+    for key in [k for k in scores[0]["metrics"] if k.startswith("acc/") and k != "acc/poem"] + ["poem_gold_score"]:
+        sft = scores[0]["metrics"][key]
+        cells = [f"{sft:.1%}"] + [f"{s['metrics'][key]:.1%} ({100 * (s['metrics'][key] - sft):+.1f})"
+                                  for s in scores[1:]]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    wins = [run.result("rlhf").metrics["final_gold_win_rate"], result.metrics["final_gold_win_rate"]]
+    lines += ["", "Gold-judge win rate over SFT on the held-out poem prompts: " + "; ".join(
+        f"{name} {w['win_rate']:.1%} ({w['ci95'][0]:.1%}-{w['ci95'][1]:.1%})" for name, w in zip(names[1:], wins))]
+    return lines
+
+
 def summarize_hack(hack: dict) -> dict:
     evals = [m for m in hack["history"] if "val/watch" in m]
     peak = max(evals, key=lambda m: m["gold/win_rate_vs_sft"])
@@ -105,6 +138,8 @@ def main() -> None:
     parser.add_argument("--hack-lr", type=float, default=5e-4)
     parser.add_argument("--skip-control", action="store_true")
     parser.add_argument("--skip-hack", action="store_true")
+    parser.add_argument("--skip-ptx", action="store_true")
+    parser.add_argument("--eval-tasks", type=int, default=200, help="held-out tasks per family (ptx comparison)")
     args = parser.parse_args()
 
     from raylm.config import load_config
@@ -129,7 +164,10 @@ def main() -> None:
              "| --- | ---: | ---: | ---: |"]
     rows = [("proxy reward model", reward["proxy"]), ("watcher reward model (other half)", reward["watch"])]
     if not args.skip_control:
-        cached = OUT / f"rlhf_shuffled_{run.result('reward').digest}.json"  # one control per reward step
+        # one control per reward model: the digest names the config, the finish time this training of it
+        # (SFT is not bit-reproducible, so a from-scratch rerun of the same config trains other models)
+        reward_step = run.result("reward")
+        cached = OUT / f"rlhf_shuffled_{reward_step.digest}_{reward_step.manifest['timings']['finished']:.0f}.json"
         if not cached.exists():
             cached.write_text(json.dumps(shuffled_control(run, cfg)))
         rows.append(("control: proxy trained on shuffled labels", json.loads(cached.read_text())))
@@ -156,6 +194,9 @@ def main() -> None:
             lines.append(f"- proxy {t['proxy']:+.2f}, gold {t['gold']:.2f}: {t['prompt']} -> "
                          f"`{t['answer'][:200]!r}`")
         lines += ["", "![proxy and gold against sqrt(KL)](rlhf_hacking.png)"]
+    if not args.skip_ptx:
+        lines += ["", "What RLHF on poems costs the other task families, with and without the SFT loss mix:", ""]
+        lines += ptx_control(run, cfg, args.eval_tasks)
     lines.append(f"\n({time.time() - started:.0f} s)")
     text = "\n".join(lines)
     (OUT / "rlhf.md").write_text(text + "\n")
