@@ -68,18 +68,24 @@ def shuffled_control(run, cfg) -> dict:
     return evaluate(model, data["val"], [by_id[i] for i in heldout_ids], pad)
 
 
-def hacking_run(run, cfg, steps: int, lr: float) -> dict:
-    hacked = cfg.model_copy(deep=True)
-    hacked.rlhf.kl_coef, hacked.rlhf.lr, hacked.rlhf.steps, hacked.rlhf.alarm = 0.0, lr, steps, "off"
-    hacked.rlhf.ptx_coef = 0.0  # no SFT loss either: nothing holds the policy near SFT
+def rerun_rlhf(run, cfg, folder: str, **changes):
+    """The rlhf step again with `changes` to cfg.rlhf, into <run>/benchmarks/<folder>: in the run's storage,
+    where the rlhf step reads its inputs. Returns its StepResult."""
     from raylm.steps import Run
 
-    hack = Run(hacked, on_work=run.on_work)
-    rel = f"{cfg.name}/benchmarks/rlhf_hack"  # in the run's storage, where the rlhf step reads its inputs
+    changed = cfg.model_copy(deep=True)
+    for key, value in changes.items():
+        setattr(changed.rlhf, key, value)
+    rel = f"{cfg.name}/benchmarks/{folder}"
     if run.storage.exists(rel):
         run.storage.delete(rel)
-    result = hack.execute("rlhf", at=(run.storage, rel))
-    folder = run.storage.local(rel)
+    return Run(changed, on_work=run.on_work).execute("rlhf", at=(run.storage, rel))
+
+
+def hacking_run(run, cfg, steps: int, lr: float) -> dict:
+    # no SFT loss (ptx) either: nothing holds the policy near SFT
+    result = rerun_rlhf(run, cfg, "rlhf_hack", kl_coef=0.0, ptx_coef=0.0, lr=lr, steps=steps, alarm="off")
+    folder = result.storage.local(result.rel)
     shutil.copy(folder / "proxy_gold_kl.png", Path(__file__).parent / "rlhf_hacking.png")
     return {"metrics": result.metrics, "history": json.loads((folder / "history.json").read_text())}
 
@@ -87,14 +93,8 @@ def hacking_run(run, cfg, steps: int, lr: float) -> dict:
 def ptx_control(run, cfg, tasks_per_family: int) -> list[str]:
     """RLHF again with ptx_coef 0, then SFT / RLHF / RLHF without ptx on the same held-out tasks: markdown lines."""
     from raylm.eval.capability import evaluate_many
-    from raylm.steps import Run
 
-    control = cfg.model_copy(deep=True)
-    control.rlhf.ptx_coef = 0.0
-    rel = f"{cfg.name}/benchmarks/rlhf_noptx"
-    if run.storage.exists(rel):
-        run.storage.delete(rel)
-    result = Run(control, on_work=run.on_work).execute("rlhf", at=(run.storage, rel))
+    result = rerun_rlhf(run, cfg, "rlhf_noptx", ptx_coef=0.0)
     eval_cfg = cfg.eval.model_copy(update={"num_per_family": tasks_per_family})
     models = {"sft": run.result("sft"), f"rlhf (ptx_coef {cfg.rlhf.ptx_coef:g})": run.result("rlhf"),
               "rlhf (ptx_coef 0)": result}

@@ -48,17 +48,25 @@ def collate(batch: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor,
     return sequences, mask, advantages
 
 
-def demo_loss(model, demos: list[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
-    """Mean next-token NLL over the assistant tokens of whole demonstrations ((ids, loss mask) pairs, as
-    ChatFormat.render gives them): the SFT loss, for mixing into an RL update."""
+def collate_demos(demos: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole demonstrations ((ids, loss mask) pairs, as ChatFormat.render gives them), right-padded; a mask
+    over the targets that are the assistant's own tokens."""
     length = max(len(ids) for ids, _ in demos)
     sequences = torch.full((len(demos), length), pad_id, dtype=torch.long)
     mask = torch.zeros(len(demos), length - 1)
     for row, (ids, trained) in enumerate(demos):
         sequences[row, :len(ids)] = torch.tensor(ids)
         mask[row, :len(ids) - 1] = torch.tensor(trained[1:], dtype=torch.float)
-    logprobs = token_logprobs(model, sequences, 1.0)
-    return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+    return sequences, mask
+
+
+def demo_loss(model, sequences: torch.Tensor, mask: torch.Tensor, num_tokens: float | None = None) -> torch.Tensor:
+    """The SFT loss (raylm/train/loop.py's token_loss) summed over the masked targets and divided by
+    `num_tokens` (default: mask.sum()), so that micro-batch parts add up to the whole batch's mean."""
+    from raylm.train.loop import token_loss
+
+    nats = token_loss(model(sequences[:, :-1]), sequences[:, 1:], mask, reduction="none")
+    return nats.sum() / (num_tokens if num_tokens is not None else mask.sum().clamp(min=1))
 
 
 class Learner:
@@ -120,10 +128,12 @@ class Learner:
         self.step += 1
         if not batch:
             return {"loss": 0.0, "trained_samples": 0}
-        ptx = self.demo_coef if demos else 0.0
         micro = s.micro_batch
         chunks = [collate(batch[i:i + micro], self.pad_id) for i in range(0, len(batch), micro)]
         num_tokens = float(sum(mask.sum() for _, mask, _ in chunks))
+        demo_chunks = [collate_demos(demos[i:i + micro], self.pad_id)
+                       for i in range(0, len(demos), micro)] if demos and self.demo_coef > 0 else []
+        demo_tokens = float(sum(mask.sum() for _, mask in demo_chunks))
         reuse = s.updates_per_batch > 1
         with torch.no_grad():  # the sampling policy's log-probs (recomputed here: exactly the learner's numerics)
             # used once, a batch's sampling policy is the live one: its log-probs are the forward pass's own
@@ -144,14 +154,10 @@ class Learner:
                 stats["clip_fraction"] += part["clip_fraction"] * share
                 stats["kl"] += part.get("kl", 0.0) * share
                 stats["kl_seq"] += part.get("kl_sum", 0.0) / len(batch) / s.updates_per_batch
-            if ptx > 0:  # micro-batched too, each part weighted by its share of the demonstrations' tokens
-                total = sum(sum(mask[1:]) for _, mask in demos)
-                for i in range(0, len(demos), micro):
-                    part = demos[i:i + micro]
-                    nll = demo_loss(self.model, part, self.pad_id)
-                    weight = sum(sum(mask[1:]) for _, mask in part) / max(total, 1)
-                    (ptx * weight * nll).backward()
-                    stats["ptx_nll"] = stats.get("ptx_nll", 0.0) + float(nll.detach()) * weight / s.updates_per_batch
+            for seqs, mask in demo_chunks:
+                nll = demo_loss(self.model, seqs, mask, num_tokens=demo_tokens)
+                (self.demo_coef * nll).backward()
+                stats["ptx_nll"] = stats.get("ptx_nll", 0.0) + float(nll.detach()) / s.updates_per_batch
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                                       s.grad_clip or float("inf")))
             self.optimizer.step()

@@ -22,11 +22,10 @@ locked FOR UPDATE and the choice re-checked before the lease is written.
 
 from __future__ import annotations
 
-from contextlib import closing
-
 import json
 import re
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path

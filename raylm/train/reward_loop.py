@@ -153,8 +153,9 @@ def reward_loop(config: RewardLoopConfig) -> None:
             save = last or done % cfg.checkpoint_every == 0
             with tempfile.TemporaryDirectory() as tmp:
                 if rank == 0 and save:
-                    torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "optimizer": optimizer.state_dict(), "step": done,
-                                "history": history, "metrics": metrics,
+                    torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()},
+                                "optimizer": optimizer.state_dict(), "step": done, "history": history,
+                                "metrics": metrics,
                                 "model_config": model.cfg.model_dump()}, Path(tmp) / CHECKPOINT_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp)
                                  if rank == 0 and save else None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from raylm.rl.grpo import group_advantages, k3_kl, policy_loss
-from raylm.rl.learner import collate, demo_loss
+from raylm.rl.learner import collate, collate_demos, demo_loss
 
 
 def test_group_advantages():
@@ -82,5 +82,9 @@ def test_demo_loss_is_the_mean_nll_of_the_assistant_tokens_only():
     model = lambda seqs: torch.log(probs).expand(*seqs.shape, 4)  # noqa: E731
     # demo 1: targets 1, 2, 3 of which 2 and 3 are the assistant's; demo 2 (padded): target 3, trained
     demos = [([0, 1, 2, 3], [0, 0, 1, 1]), ([2, 3], [0, 1])]
-    loss = demo_loss(model, demos, pad_id=0)
+    sequences, mask = collate_demos(demos, pad_id=0)
+    assert sequences.tolist() == [[0, 1, 2, 3], [2, 3, 0, 0]] and mask.tolist() == [[0, 1, 1], [1, 0, 0]]
+    loss = demo_loss(model, sequences, mask)
     assert float(loss) == pytest.approx(-(math.log(0.3) + math.log(0.4) + math.log(0.4)) / 3)
+    parts = sum(demo_loss(model, sequences[i:i + 1], mask[i:i + 1], num_tokens=float(mask.sum())) for i in (0, 1))
+    assert float(parts) == pytest.approx(float(loss))  # micro-batches add up to the whole batch's mean
