@@ -1,7 +1,7 @@
 """RLHF's claims, measured on a finished run: reward-model accuracy with its controls, and reward hacking.
 
     python benchmarks/rlhf.py --name tiny                      # needs finished sft, preferences, reward, rlhf steps
-    python benchmarks/rlhf.py --name tiny --hack-steps 60 --hack-lr 0.0005
+    python benchmarks/rlhf.py --name tiny --hack-steps 60 --hack-lr 0.0005 --hack-eval-every 2
 
 1. Reward models on held-out pairs (held-out subjects): the run's proxy and
    watcher (from the reward step), the length-only baseline, and a control trained
@@ -82,9 +82,10 @@ def rerun_rlhf(run, cfg, folder: str, **changes):
     return Run(changed, on_work=run.on_work).execute("rlhf", at=(run.storage, rel))
 
 
-def hacking_run(run, cfg, steps: int, lr: float) -> dict:
+def hacking_run(run, cfg, steps: int, lr: float, eval_every: int) -> dict:
     # no SFT loss (ptx) either: nothing holds the policy near SFT
-    result = rerun_rlhf(run, cfg, "rlhf_hack", kl_coef=0.0, ptx_coef=0.0, lr=lr, steps=steps, alarm="off")
+    result = rerun_rlhf(run, cfg, "rlhf_hack", kl_coef=0.0, ptx_coef=0.0, lr=lr, steps=steps, alarm="off",
+                        eval_every=eval_every)
     folder = result.storage.local(result.rel)
     shutil.copy(folder / "proxy_gold_kl.png", Path(__file__).parent / "rlhf_hacking.png")
     return {"metrics": result.metrics, "history": json.loads((folder / "history.json").read_text())}
@@ -93,6 +94,7 @@ def hacking_run(run, cfg, steps: int, lr: float) -> dict:
 def ptx_control(run, cfg, tasks_per_family: int) -> list[str]:
     """RLHF again with ptx_coef 0, then SFT / RLHF / RLHF without ptx on the same held-out tasks: markdown lines."""
     from raylm.eval.capability import evaluate_many
+    from raylm.eval.stats import paired_difference
 
     result = rerun_rlhf(run, cfg, "rlhf_noptx", ptx_coef=0.0)
     eval_cfg = cfg.eval.model_copy(update={"num_per_family": tasks_per_family})
@@ -104,8 +106,11 @@ def ptx_control(run, cfg, tasks_per_family: int) -> list[str]:
              "| --- |" + " ---: |" * len(names)]
     for key in [k for k in scores[0]["metrics"] if k.startswith("acc/") and k != "acc/poem"] + ["poem_gold_score"]:
         sft = scores[0]["metrics"][key]
-        cells = [f"{sft:.1%}"] + [f"{s['metrics'][key]:.1%} ({100 * (s['metrics'][key] - sft):+.1f})"
-                                  for s in scores[1:]]
+        cells = [f"{sft:.1%}"]
+        for s in scores[1:]:  # the same tasks for every column: paired differences in points, 95% interval
+            d = paired_difference(scores[0]["scores"][key], s["scores"][key])
+            cells.append(f"{s['metrics'][key]:.1%} ({100 * d['diff']:+.1f}; {100 * d['ci95'][0]:+.1f} to "
+                         f"{100 * d['ci95'][1]:+.1f})")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     wins = [run.result("rlhf").metrics["final_gold_win_rate"], result.metrics["final_gold_win_rate"]]
     lines += ["", "Gold-judge win rate over SFT on the held-out poem prompts: " + "; ".join(
@@ -136,6 +141,8 @@ def main() -> None:
     parser.add_argument("-o", "--override", action="append", default=[])
     parser.add_argument("--hack-steps", type=int, default=60)
     parser.add_argument("--hack-lr", type=float, default=5e-4)
+    parser.add_argument("--hack-eval-every", type=int, default=2,
+                        help="validation (and alarm) every this many steps; the preset's 5 is too coarse to time")
     parser.add_argument("--skip-control", action="store_true")
     parser.add_argument("--skip-hack", action="store_true")
     parser.add_argument("--skip-ptx", action="store_true")
@@ -181,8 +188,9 @@ def main() -> None:
               f"over SFT {win['win_rate']:.1%} (95% CI {win['ci95'][0]:.1%}-{win['ci95'][1]:.1%}) on "
               f"{win['prompts']} held-out prompts; alarm: {rlhf['alarm'] or 'did not fire'}."]
     if not args.skip_hack:
-        hack = summarize_hack(hacking_run(run, cfg, args.hack_steps, args.hack_lr))
+        hack = summarize_hack(hacking_run(run, cfg, args.hack_steps, args.hack_lr, args.hack_eval_every))
         lines += ["", f"Hacking run (kl_coef 0, ptx_coef 0, lr {args.hack_lr}, {args.hack_steps} steps, "
+                  f"validation every {args.hack_eval_every}, "
                   f"alarm off = recorded): "
                   f"proxy {hack['proxy_first']:+.3f} -> {hack['proxy_last']:+.3f}; gold win rate peak "
                   f"{hack['peak_win']:.1%} at step {hack['peak_step']}, last {hack['last_win']:.1%}; alarm at step "

@@ -76,7 +76,7 @@ def cmd_data(cfg: RunConfig, args) -> None:
 def cmd_eval(cfg: RunConfig, args) -> None:
     """With --checkpoint: those folders side by side; without: the run's eval step (base vs SFT [vs RL])."""
     from raylm.eval.capability import evaluate_many
-    from raylm.eval.report import markdown_table, write_report
+    from raylm.eval.report import report_text, write_report
 
     if args.seed is not None:
         cfg.eval.seed = args.seed
@@ -98,7 +98,7 @@ def cmd_eval(cfg: RunConfig, args) -> None:
     if args.output:
         print(write_report(results, Path(args.output), args.json))
         return
-    print(markdown_table(results))
+    print(report_text(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
 

@@ -214,6 +214,9 @@ class RlConfig(Strict):
     clip_eps: float = Field(0.2, gt=0)
     kl_coef: float = Field(0.0, ge=0, description="KL to the SFT model (k3); 0 disables the reference model")
     updates_per_batch: int = Field(1, ge=1, description=">1 reuses a batch (the ratio clipping then matters)")
+    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose replies all got the same reward "
+                                   "(no signal) and fill the batch from fresh tasks")
+    max_sampling_rounds: int = Field(3, ge=1, description="with dynamic_sampling: rollout rounds per step at most")
     micro_batch: int = Field(32, ge=1)
     eval_every: int = Field(20, ge=1)
     eval_per_family: int = Field(200, ge=1)
@@ -285,7 +288,7 @@ class RlhfConfig(RlConfig):
 
 
 class EvalConfig(Strict):
-    num_per_family: int = Field(60, ge=1, description="held-out tasks per family")
+    num_per_family: int = Field(200, ge=1, description="held-out tasks per family (about +-7 points at 50%)")
     seed: int = Field(1234, description="seed of the held-out tasks; differs from sft.data_seed")
     max_new_tokens: int = Field(96, ge=1)
     max_tool_rounds: int = Field(2, ge=0)

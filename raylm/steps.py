@@ -116,7 +116,8 @@ def _eval(cfg: RunConfig, inputs: Inputs, work: Work, key: str) -> dict:
                             cfg.pretrain.seq_len)
     for label, result in zip(models, results):
         result["label"] = label
-    print(write_report(results, work.local, rlhf=inputs["rlhf"].metrics if "rlhf" in inputs else None), flush=True)
+    print(write_report(results, work.local, rlhf=inputs["rlhf"].metrics if "rlhf" in inputs else None,
+                       rl_families=cfg.rl.families if "rl" in inputs else None), flush=True)
     return {label: r["metrics"] for label, r in zip(models, results)}
 
 

@@ -50,7 +50,13 @@ def _pii_formatter(emails: bool, ips: bool) -> PIIFormatter:
 def scrub_pii(batch: pa.Table, cfg: PiiConfig) -> pa.Table:
     """Replace e-mail addresses and public IP addresses (datatrove's PIIFormatter)."""
     formatter = _pii_formatter(cfg.emails, cfg.ips)
-    texts = [formatter.format(t) for t in batch.column("text").to_pylist()]
+    texts = []
+    for text in batch.column("text").to_pylist():
+        # datatrove cycles through its stand-in addresses across calls; restart the cycle per document, so
+        # a document's scrubbed text depends on that document alone, not on which worker saw what first
+        # (otherwise two runs of the same crawl write different text and train different tokenizers)
+        formatter.emails_replacer._replace_i = formatter.ip_replacer._replace_i = 0
+        texts.append(formatter.format(text))
     return batch.set_column(batch.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
 
 

@@ -16,6 +16,10 @@ the search tool serves each task's own documents. Metrics:
 - protocol_adherence: replies that end their turn with <|im_end|> and nothing malformed;
 - poem_gold_score: the poem family's gold judge (raylm/tasks/poem.py), mean score over a flawless poem's;
 - val_bpb: bits per byte on the pretraining val shards (the base model's yardstick).
+
+Each metric is a mean over tasks; the result also keeps the per-task values
+(`scores`, in task order) and a bootstrap 95% interval per metric (`ci95`), so the
+report (raylm/eval/report.py) can pair checkpoints task by task.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 import torch
 
 from raylm.config import EvalConfig
+from raylm.eval.stats import mean_interval
 from raylm.model.engine import Engine
 from raylm.model.hf import load_pretrained
 from raylm.storage import Storage
@@ -73,12 +78,13 @@ def evaluate_checkpoint(checkpoint: Storage, cfg: EvalConfig, val_shards: list[S
              for t in tasks]
     replies = complete(engine, chat, [chat.prompt(t.messages) for t in tasks], tools, cfg.max_new_tokens,
                        cfg.max_tool_rounds, temperature=0.0, batch_size=cfg.batch_size)
-    metrics: dict[str, float] = {}
     checkers = families()
-    right = [bool(checkers[t.family][1](t, r.answer)) for t, r in zip(tasks, replies)]
+    right = [float(checkers[t.family][1](t, r.answer)) for t, r in zip(tasks, replies)]
+    # Per-task values of every metric, in task order: the same tasks for every checkpoint of one seed,
+    # so the report can bootstrap each metric and pair two checkpoints task by task (raylm/eval/stats.py).
+    scores: dict[str, list[float]] = {}
     for name in checkers:
-        picked = [ok for t, ok in zip(tasks, right) if t.family == name]
-        metrics[f"acc/{name}"] = sum(picked) / len(picked)
+        scores[f"acc/{name}"] = [ok for t, ok in zip(tasks, right) if t.family == name]
 
     # Direct answers: the reply is forced to begin "Answer:", so no worked steps fit before the answer.
     direct = [t for t in tasks if t.direct_ok]
@@ -86,29 +92,31 @@ def evaluate_checkpoint(checkpoint: Storage, cfg: EvalConfig, val_shards: list[S
     outs = complete(engine, chat, [chat.prompt(t.messages) + prefix for t in direct], None, 16, 0,
                     batch_size=cfg.batch_size)
     for name in sorted({t.family for t in direct}):
-        picked = [checkers[name][1](t, "Answer:" + r.answer) for t, r in zip(direct, outs) if t.family == name]
-        metrics[f"direct/{name}"] = sum(picked) / len(picked)
+        scores[f"direct/{name}"] = [float(checkers[name][1](t, "Answer:" + r.answer))
+                                    for t, r in zip(direct, outs) if t.family == name]
 
-    made_up = [r for t, r in zip(tasks, replies) if t.family == "unknown_entities" and t.expects_refusal]
-    answerable = [r for t, r in zip(tasks, replies) if not t.expects_refusal]
-    metrics["refusal_rate"] = sum(is_refusal(r.answer) for r in made_up) / max(1, len(made_up))
-    metrics["false_refusal_rate"] = sum(is_refusal(r.answer) for r in answerable) / max(1, len(answerable))
-    with_system = [ok for t, ok in zip(tasks, right) if t.family == "identity" and t.messages[0]["role"] == "system"]
-    metrics["identity_consistency"] = sum(with_system) / max(1, len(with_system))
-    searches = [r for t, r in zip(tasks, replies) if t.uses_tools]
-    metrics["tool_call_validity"] = sum(
-        bool(r.tool_calls) and all(name in KNOWN_TOOLS and argument for name, argument in r.tool_calls)
-        for r in searches) / max(1, len(searches))
-    metrics["protocol_adherence"] = sum(_well_formed(r) for r in replies) / len(replies)
-    poems = [gold_score(t.answer, r.answer) / 3 for t, r in zip(tasks, replies) if t.family == "poem"]
-    metrics["poem_gold_score"] = sum(poems) / max(1, len(poems))  # the gold judge's mean, as a share of flawless
+    refused = [float(is_refusal(r.answer)) for r in replies]
+    scores["refusal_rate"] = [x for t, x in zip(tasks, refused)
+                              if t.family == "unknown_entities" and t.expects_refusal]
+    scores["false_refusal_rate"] = [x for t, x in zip(tasks, refused) if not t.expects_refusal]
+    scores["identity_consistency"] = [ok for t, ok in zip(tasks, right)
+                                      if t.family == "identity" and t.messages[0]["role"] == "system"]
+    scores["tool_call_validity"] = [
+        float(bool(r.tool_calls) and all(name in KNOWN_TOOLS and argument for name, argument in r.tool_calls))
+        for t, r in zip(tasks, replies) if t.uses_tools]
+    scores["protocol_adherence"] = [float(_well_formed(r)) for r in replies]
+    # the gold judge's score as a share of a flawless poem's
+    scores["poem_gold_score"] = [gold_score(t.answer, r.answer) / 3 for t, r in zip(tasks, replies)
+                                 if t.family == "poem"]
+    scores["mean_reply_tokens"] = [float(r.generated) for r in replies]
+    metrics = {name: sum(v) / len(v) if v else math.nan for name, v in scores.items()}
+    intervals = {name: list(mean_interval(v)) for name, v in scores.items()}
     metrics["val_bpb"] = val_bpb(model, folder, val_shards, seq_len) if val_shards else math.nan
-    metrics["mean_reply_tokens"] = sum(r.generated for r in replies) / len(replies)
     examples = {}
     for t, r in zip(tasks, replies):
         examples.setdefault(t.family, {"prompt": t.messages[-1]["content"], "reply": r.text})
-    return {"checkpoint": checkpoint.uri(), "metrics": metrics, "num_tasks": len(tasks), "seed": cfg.seed,
-            "seconds": time.time() - started, "examples": examples}
+    return {"checkpoint": checkpoint.uri(), "metrics": metrics, "ci95": intervals, "scores": scores,
+            "num_tasks": len(tasks), "seed": cfg.seed, "seconds": time.time() - started, "examples": examples}
 
 
 def evaluate_many(checkpoints: list[Storage], cfg: EvalConfig, val_shards: list[Storage] | None = None,

@@ -6,7 +6,8 @@ Each step: draw `prompts_per_step` fresh tasks from `rl.families` (raylm/tasks)
 -> the rollout pool samples `group_size` replies to each -> the reward function
 (`rl.reward`, any "module:callable" taking (task, reply_text)) scores them ->
 group-relative advantages -> one GRPO update on the learner -> the new weights are
-pushed into the rollout engines in memory. Every `eval_every` steps, held-out
+pushed into the rollout engines in memory. With `rl.dynamic_sampling` (DAPO), groups
+whose replies all scored the same are dropped and fresh tasks fill the batch. Every `eval_every` steps, held-out
 pass@1 (greedy, on tasks from another seed) per family. The learner's state is
 saved every `checkpoint_every` steps in the run's storage under
 rl_state/rl-<step digest>/ and a rerun of the same step continues from it; the
@@ -46,11 +47,12 @@ def load_reward(name: str):
     return getattr(module, attribute)
 
 
-def step_tasks(cfg: RlConfig, step: int) -> list[Task]:
-    """This step's problems: fresh every step, spread evenly over the families, reproducible from (seed, step)."""
+def step_tasks(cfg: RlConfig, step: int, refill: int = 0) -> list[Task]:
+    """This step's problems: fresh every step, spread evenly over the families, reproducible from (seed, step);
+    `refill` > 0: the step's further draws for dynamic sampling."""
     counts = {f: cfg.prompts_per_step // len(cfg.families) + (i < cfg.prompts_per_step % len(cfg.families))
               for i, f in enumerate(cfg.families)}
-    return generate_tasks(counts, seed=cfg.seed * 1_000_003 + step)
+    return generate_tasks(counts, seed=cfg.seed * 1_000_003 + step + 1_000_000_007 * refill)
 
 
 def pass_at_1(pool: RolloutPool, chat: ChatFormat, tasks: list[Task], max_new_tokens: int) -> dict[str, float]:
@@ -147,7 +149,8 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
                              for task, group in zip(tasks, groups)]), {}
 
     for step in range(start, cfg.steps):
-        metrics = grpo_step(cfg, learner, pool, chat, step_tasks(cfg, step), score, step)
+        refill = (lambda r, step=step: step_tasks(cfg, step, r)) if cfg.dynamic_sampling else None
+        metrics = grpo_step(cfg, learner, pool, chat, step_tasks(cfg, step), score, step, refill=refill)
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             metrics.update(pass_at_1(pool, chat, eval_tasks, cfg.max_new_tokens))
@@ -159,41 +162,68 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
 
 
 def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks: list[Task], score,
-              step: int, demos: list[tuple[list[int], list[int]]] | None = None) -> dict:
+              step: int, demos: list[tuple[list[int], list[int]]] | None = None, refill=None) -> dict:
     """One GRPO step: sample a group per task, score them (`score(tasks, groups) -> ((tasks, group) rewards,
     metrics)`), group-relative advantages, one learner update (with `demos`' SFT loss mixed in, if any), the
-    new weights pushed to the rollout engines."""
+    new weights pushed to the rollout engines.
+
+    With `refill` (round -> fresh tasks), DAPO's dynamic sampling: a group whose samples all got the same
+    reward has zero advantage and carries no signal, so it is dropped and fresh prompts are sampled until
+    the batch holds len(tasks) groups that differ, or `rl.max_sampling_rounds` rounds have run. The logged
+    reward stays the first round's, an unbiased sample of the policy."""
     import ray
 
-    timings = {}
-    t0 = time.perf_counter()
-    prompts = [chat.prompt(t.messages) for t in tasks]
-    groups = pool.generate(prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens, seed=cfg.seed + step)
-    timings["generate_s"] = time.perf_counter() - t0
+    timings = {"generate_s": 0.0, "score_s": 0.0}
+    prompts, groups, kept, tokens, samples, rounds = [], [], [], 0, 0, 0
+    first: torch.Tensor | None = None
+    extra: dict = {}
+    for rounds in range(1, (cfg.max_sampling_rounds if refill else 1) + 1):
+        drawn = tasks if rounds == 1 else refill(rounds - 1)
+        t0 = time.perf_counter()
+        batch_prompts = [chat.prompt(t.messages) for t in drawn]
+        batch_groups = pool.generate(batch_prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens,
+                                     seed=cfg.seed + step + 1_000_000 * (rounds - 1))
+        timings["generate_s"] += time.perf_counter() - t0
+        tokens += sum(len(s.ids) for group in batch_groups for s in group)
+        samples += sum(len(group) for group in batch_groups)
+        t0 = time.perf_counter()
+        rewards, batch_extra = score(drawn, batch_groups)
+        timings["score_s"] += time.perf_counter() - t0
+        if first is None:
+            first, extra = rewards, batch_extra
+        informative = rewards.std(dim=1) > 0 if refill else torch.ones(len(drawn), dtype=torch.bool)
+        for i in [i for i, ok in enumerate(informative.tolist()) if ok]:
+            prompts.append(batch_prompts[i])
+            groups.append(batch_groups[i])
+            kept.append(rewards[i])
+        if len(prompts) >= len(tasks):
+            break
+    prompts, groups, kept = prompts[:len(tasks)], groups[:len(tasks)], kept[:len(tasks)]
 
-    t0 = time.perf_counter()
-    rewards, extra = score(tasks, groups)
-    advantages = group_advantages(rewards)
-    timings["score_s"] = time.perf_counter() - t0
+    metrics: dict = {}
+    timings["train_s"] = timings["sync_s"] = 0.0
+    if prompts:  # with dynamic sampling, every group of every round may have been uniform: nothing to learn
+        advantages = group_advantages(torch.stack(kept))
+        t0 = time.perf_counter()
+        batch = [{"prompt": prompt, "response": sample.ids, "advantage": float(advantages[i, j])}
+                 for i, (prompt, group) in enumerate(zip(prompts, groups)) for j, sample in enumerate(group)]
+        metrics = ray.get(learner.update.remote(batch, demos))
+        timings["train_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    batch = [{"prompt": prompt, "response": sample.ids, "advantage": float(advantages[i, j])}
-             for i, (prompt, group) in enumerate(zip(prompts, groups)) for j, sample in enumerate(group)]
-    metrics = ray.get(learner.update.remote(batch, demos))
-    timings["train_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        blob = ray.get(learner.weights.remote())
+        metrics["reload_s"] = pool.load_weights(blob)
+        timings["sync_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    blob = ray.get(learner.weights.remote())
-    metrics["reload_s"] = pool.load_weights(blob)
-    timings["sync_s"] = time.perf_counter() - t0
-
-    tokens = sum(len(s.ids) for group in groups for s in group)
     metrics.update(timings)
     metrics.update(extra)
-    metrics.update(step=step + 1, mean_reward=float(rewards.mean()),
-                   response_length=tokens / rewards.numel(), rollout_tokens_per_s=tokens / timings["generate_s"],
-                   solved_groups=float((rewards.std(dim=1) == 0).float().mean()),
+    metrics.update(step=step + 1, mean_reward=float(first.mean()),
+                   response_length=tokens / samples,
+                   rollout_tokens_per_s=tokens / timings["generate_s"],
+                   solved_groups=float((first.std(dim=1) == 0).float().mean()),
                    sync_share=timings["sync_s"] / sum(timings.values()))
+    if refill:
+        metrics.update(sampling_rounds=rounds, trained_groups=len(prompts) / len(tasks))
     return metrics
 
 
@@ -203,5 +233,7 @@ def _fmt(m: dict) -> str:
         parts.append(f"reward {m['mean_reward']:.3f} len {m['response_length']:.0f} "
                      f"{m['rollout_tokens_per_s']:,.0f} tok/s | gen {m['generate_s']:.1f}s score {m['score_s']:.2f}s "
                      f"train {m['train_s']:.1f}s sync {m['sync_s']:.2f}s")
+    if "sampling_rounds" in m:
+        parts.append(f"| {m['sampling_rounds']} sampling rounds, {m['trained_groups']:.0%} of the batch trained")
     parts += [f"{k} {v:.2f}" for k, v in m.items() if k.startswith("pass@1/")]
     return " ".join(parts)

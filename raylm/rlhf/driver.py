@@ -40,6 +40,7 @@ from collections import Counter
 import torch
 
 from raylm.config import RunConfig
+from raylm.eval.stats import SAMPLES, mean_interval
 from raylm.rl.driver import grpo_step, step_tasks
 from raylm.rl.learner import Learner
 from raylm.rl.rollout import RolloutPool
@@ -80,15 +81,11 @@ def answers(pool: RolloutPool, chat: ChatFormat, tasks: list[Task], temperature:
     return [answer_text(chat.parse(g[0].ids)) for g in groups]
 
 
-def win_rate(tasks: list[Task], ours: list[str], theirs: list[str], samples: int = 2000) -> dict:
+def win_rate(tasks: list[Task], ours: list[str], theirs: list[str], samples: int = SAMPLES) -> dict:
     """Gold-judge wins of `ours` over `theirs` (a tie counts half), with an item bootstrap 95% interval."""
-    import numpy as np
-
-    wins = np.array([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in
-                     ((gold_score(t.answer, x), gold_score(t.answer, y)) for t, x, y in zip(tasks, ours, theirs))])
-    boot = wins[np.random.default_rng(0).integers(0, len(wins), (samples, len(wins)))].mean(1)
-    return {"win_rate": float(wins.mean()), "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
-            "prompts": len(wins)}
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in
+            ((gold_score(t.answer, x), gold_score(t.answer, y)) for t, x, y in zip(tasks, ours, theirs))]
+    return {"win_rate": sum(wins) / len(wins), "ci95": list(mean_interval(wins, samples)), "prompts": len(wins)}
 
 
 class Validation:

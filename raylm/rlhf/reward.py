@@ -27,6 +27,7 @@ import zlib
 from itertools import combinations
 
 from raylm.config import RunConfig
+from raylm.eval.stats import ratio_interval
 from raylm.model.hf import from_hf_config
 from raylm.model.reward import RewardModel, save_reward_model
 from raylm.rlhf.labels import Ranking
@@ -35,7 +36,7 @@ from raylm.rlhf.preferences import open_labels
 from raylm.runs import StepResult, Work
 from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import ChatFormat
-from raylm.train.reward_loop import (RewardLoopConfig, bootstrap_lower, pair_accuracy, reward_loop,
+from raylm.train.reward_loop import (RewardLoopConfig, pair_accuracy, reward_loop,
                                      score_rankings)
 from raylm.train.trainer import fit
 
@@ -113,8 +114,8 @@ def evaluate(model: RewardModel, heldout: list[dict], rankings: list[Ranking], p
     gold, gold_items = gold_accuracy(scores, rankings)
     flat = [x for s in scores for x in s]
     mean = sum(flat) / len(flat)
-    return {"accuracy": pair_accuracy(scores, orders), "accuracy_ci95": bootstrap_lower(per_item),
-            "gold_accuracy": gold, "gold_accuracy_ci95": bootstrap_lower(gold_items),
+    return {"accuracy": pair_accuracy(scores, orders), "accuracy_ci95": ratio_interval(per_item),
+            "gold_accuracy": gold, "gold_accuracy_ci95": ratio_interval(gold_items),
             "score_mean": mean, "score_spread": (sum((x - mean) ** 2 for x in flat) / len(flat)) ** 0.5}
 
 

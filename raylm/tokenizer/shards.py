@@ -1,12 +1,15 @@
 """Token shards: the cleaned corpus tokenized and written into binary shards by Ray Data tasks.
 
-Each task takes a batch of whole documents (about `shard_tokens` tokens' worth),
-tokenizes it and writes its own train and val shard straight into the run's
-storage; the driver only receives each shard's name, token count and token-id
-counts (a vocabulary-sized vector, for the unigram baseline), so nothing on the
-driver grows with the corpus. Shards are named by a hash of their documents' ids
-and listed in name order, so the same corpus gives the same shards and the same
-training order on any cluster.
+Every document goes to one of `num_shards` groups by a hash of its id (a Ray Data
+groupby, so the corpus is shuffled by key across the cluster); each group, sorted
+by id, is tokenized by one task, which writes its train and val shard straight into
+the run's storage. The driver only receives each shard's name, token count and
+token-id counts (a vocabulary-sized vector, for the unigram baseline), so nothing
+on the driver grows with the corpus. Shards are named by a hash of their
+documents' ids and listed in name order. So a shard's contents depend on the
+corpus alone, not on the order the data step happened to write it in (its joins
+do not keep one): the same corpus gives the same shards, hence the same training
+order and the same weights, on any cluster and in every run.
 
 A shard is a 1 KiB header (256 little-endian int32: magic, version, token count,
 bytes per token) followed by the tokens (uint16 when the vocabulary fits, else
@@ -14,7 +17,8 @@ uint32), so that training reads it with np.memmap and no parsing. Every document
 starts with <|endoftext|>, which marks document boundaries. Documents go to the
 train or val split by a hash of their id, so a split never holds half a document.
 
-    shards = write_token_shards(storage, "tiny/data/kept", tokenizer_rel, work, shard_tokens, val_fraction, ...)
+    shards = write_token_shards(storage, "tiny/data/kept", tokenizer_rel, "tiny/tokenizer/shards", num_shards=4,
+                                val_fraction=0.1)
     tokens = read_shard(storage.local("tiny/tokenizer/shards/train_0123abcd.bin"))   # np.memmap
 """
 
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray.data
 
 from raylm.storage import Storage
@@ -93,29 +98,42 @@ def write_shards(batch: pa.Table, storage: Storage, tokenizer_rel: str, shards_r
     return pa.Table.from_pylist(rows, schema=METADATA)
 
 
+def shard_of(doc_id: str, num_shards: int) -> int:
+    return int.from_bytes(hashlib.sha1(doc_id.encode()).digest()[:8], "little") % num_shards
+
+
+def _with_shard(batch: pa.Table, num_shards: int) -> pa.Table:
+    shards = [shard_of(doc_id, num_shards) for doc_id in batch.column("id").to_pylist()]
+    return batch.append_column("shard", pa.array(shards, pa.int64()))
+
+
+def write_group(group: pa.Table, storage: Storage, tokenizer_rel: str, shards_rel: str,
+                val_fraction: float) -> pa.Table:
+    """One shard's documents, sorted by id (their order is the training order within the shard)."""
+    group = group.take(pc.sort_indices(group, [("id", "ascending")])).drop_columns(["shard"])
+    return write_shards(group, storage, tokenizer_rel, shards_rel, val_fraction)
+
+
 def write_token_shards(storage: Storage, kept_rel: str, tokenizer_rel: str, shards_rel: str,
-                       docs_per_shard: int, val_fraction: float) -> tuple[dict, dict[str, np.ndarray]]:
-    """Tokenize the kept documents into shards under `shards_rel`; returns (the manifest's shard listing,
-    token-id counts per split). `docs_per_shard` documents go into each task's pair of shards."""
+                       num_shards: int, val_fraction: float) -> tuple[dict, dict[str, np.ndarray]]:
+    """Tokenize the kept documents into `num_shards` pairs of train/val shards under `shards_rel`; returns
+    (the manifest's shard listing, token-id counts per split)."""
     files = [storage.path(f"{kept_rel}/{n}") for n in sorted(storage.files(kept_rel)) if n.endswith(".parquet")]
-    ctx = ray.data.DataContext.get_current()
-    preserve, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True  # same batches
-    try:
-        metadata = ray.data.read_parquet(files, filesystem=storage.fs).select_columns(["id", "text"]).map_batches(
-            write_shards, fn_args=(storage, tokenizer_rel, shards_rel, val_fraction),
-            batch_format="pyarrow", batch_size=docs_per_shard)
-        listing = {s: {"documents": 0, "tokens": 0, "bytes": 0, "shards": []} for s in ("train", "val")}
-        counts: dict[str, np.ndarray] = {}
-        for batch in metadata.iter_batches(batch_format="pyarrow", batch_size=64):
-            for row in batch.drop_columns(["counts"]).to_pylist():
-                entry = listing[row["split"]]
-                entry["shards"].append(row["name"])
-                for key in ("documents", "tokens", "bytes"):
-                    entry[key] += row[key]
-            for split, row_counts in zip(batch.column("split").to_pylist(), batch.column("counts").to_pylist()):
-                counts[split] = counts.get(split, 0) + np.asarray(row_counts, dtype=np.int64)
-    finally:
-        ctx.execution_options.preserve_order = preserve
+    metadata = (ray.data.read_parquet(files, filesystem=storage.fs).select_columns(["id", "text"])
+                .map_batches(_with_shard, fn_args=(num_shards,), batch_format="pyarrow")
+                .groupby("shard", num_partitions=min(num_shards, 64))
+                .map_groups(write_group, fn_args=(storage, tokenizer_rel, shards_rel, val_fraction),
+                            batch_format="pyarrow"))
+    listing = {s: {"documents": 0, "tokens": 0, "bytes": 0, "shards": []} for s in ("train", "val")}
+    counts: dict[str, np.ndarray] = {}
+    for batch in metadata.iter_batches(batch_format="pyarrow", batch_size=64):
+        for row in batch.drop_columns(["counts"]).to_pylist():
+            entry = listing[row["split"]]
+            entry["shards"].append(row["name"])
+            for key in ("documents", "tokens", "bytes"):
+                entry[key] += row[key]
+        for split, row_counts in zip(batch.column("split").to_pylist(), batch.column("counts").to_pylist()):
+            counts[split] = counts.get(split, 0) + np.asarray(row_counts, dtype=np.int64)
     for entry in listing.values():
         entry["shards"].sort()
     return listing, counts

@@ -62,12 +62,12 @@ def run_tokenizer(cfg: TokenizerConfig, storage: Storage, kept_rel: str, data_me
         raise RuntimeError("the tiktoken encoder disagrees with the trained tokenizer on held-out text")
     print(f"[tokenizer] {tok.get_vocab_size()} tokens; {bpt:.2f} bytes/token on {len(held_out)} held-out documents",
           flush=True)
-    chars_per_doc = data_metrics["kept_characters"] / max(1, data_metrics["kept_documents"])
-    docs_per_shard = max(1, round(cfg.shard_tokens * (bpt if bpt == bpt else 4.0) / max(1.0, chars_per_doc)))
-    print(f"[tokenizer] tokenizing the corpus into shards on Ray Data ({docs_per_shard} documents per task)",
-          flush=True)
+    tokens = data_metrics["kept_characters"] / (bpt if bpt == bpt else 4.0)
+    num_shards = max(1, math.ceil(tokens / cfg.shard_tokens))
+    print(f"[tokenizer] tokenizing the corpus into {num_shards} shards on Ray Data (documents grouped by a hash "
+          f"of their id)", flush=True)
     shards, counts = write_token_shards(storage, kept_rel, f"{work.rel}/tokenizer.json", f"{work.rel}/shards",
-                                        docs_per_shard, cfg.val_fraction)
+                                        num_shards, cfg.val_fraction)
     if not shards["val"]["tokens"]:
         raise ValueError("the val split is empty: raise tokenizer.val_fraction or add documents")
     train_counts = counts["train"]

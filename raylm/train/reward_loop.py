@@ -159,18 +159,3 @@ def reward_loop(config: RewardLoopConfig) -> None:
                                 "model_config": model.cfg.model_dump()}, Path(tmp) / CHECKPOINT_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp)
                                  if rank == 0 and save else None)
-
-
-def bootstrap_lower(values_per_item: list[tuple[float, float]], samples: int = 2000, seed: int = 0,
-                    level: float = 0.95) -> tuple[float, float]:
-    """Item-level bootstrap of a pooled accuracy: (right, total) per item -> the interval's (low, high)."""
-    import numpy as np
-
-    right = np.array([r for r, _ in values_per_item], dtype=float)
-    total = np.array([t for _, t in values_per_item], dtype=float)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(right), size=(samples, len(right)))
-    stats = right[picks].sum(1) / np.maximum(total[picks].sum(1), 1)
-    tail = (1 - level) / 2
-    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
-

@@ -89,3 +89,17 @@ def test_reasons_are_snake_case():
     assert snake_case("< 3 paragraphs", "x") == "3_paragraphs"
     assert snake_case("dup_line_frac", "x") == "dup_line_frac"
     assert snake_case(None, "c4_failed") == "c4_failed"
+
+
+def test_pii_scrub_of_a_document_does_not_depend_on_the_documents_before_it():
+    import pyarrow as pa
+
+    from raylm.config import PiiConfig
+    from raylm.data.pipeline import scrub_pii
+
+    doc = "Mail admin@corp.io or ping 8.8.8.8 and 1.1.1.1; section 10.0.0.1 is private."
+    alone = scrub_pii(pa.table({"text": [doc]}), PiiConfig()).column("text").to_pylist()
+    after = scrub_pii(pa.table({"text": ["x@y.org at 9.9.9.9", doc]}), PiiConfig()).column("text").to_pylist()
+    assert alone[0] == after[1]
+    assert "admin@corp.io" not in alone[0] and "8.8.8.8" not in alone[0] and "1.1.1.1" not in alone[0]
+    assert "10.0.0.1" in alone[0]  # not a public address: kept

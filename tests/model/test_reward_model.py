@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from raylm.config import GPTConfig
+from raylm.eval.stats import ratio_interval
 from raylm.model.gpt import GPT
 from raylm.model.reward import RewardModel, load_reward_model, pad_batch, save_reward_model
-from raylm.train.reward_loop import bootstrap_lower, pair_accuracy, ranking_loss
+from raylm.train.reward_loop import pair_accuracy, ranking_loss
 
 
 def test_transformers_loads_the_export_and_scores_the_same(tmp_path):
@@ -60,5 +61,5 @@ def test_pair_accuracy_and_its_bootstrap():
     assert pair_accuracy([[3.0, 2.0, 1.0]], [[0, 1, 2]]) == 1.0
     assert pair_accuracy([[3.0, 2.0, 1.0]], [[2, 1, 0]]) == 0.0
     assert pair_accuracy([[1.0, 1.0]], [[0, 1]]) == 0.5
-    low, high = bootstrap_lower([(1.0, 1.0)] * 70 + [(0.0, 1.0)] * 30)
+    low, high = ratio_interval([(1.0, 1.0)] * 70 + [(0.0, 1.0)] * 30)
     assert 0.6 < low < 0.7 < high < 0.8

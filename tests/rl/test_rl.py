@@ -98,3 +98,25 @@ def test_a_dead_learner_is_restarted_from_the_saved_state(ray_session, policy):
     assert result["actor_failures"] == 1 and result["restored_from"] >= 1
     history = json.loads((policy / "killed" / "history.json").read_text())
     assert [m["step"] for m in history] == [0, 1, 2, 3, 4, 5]  # every step once: nothing lost, nothing redone
+
+
+def test_dynamic_sampling_drops_uniform_groups_and_refills(ray_session, policy):
+    """Every reply scores the same (quarter): no group carries signal, so each step samples its
+    max_sampling_rounds rounds of fresh tasks, trains on nothing and leaves the weights as they were."""
+    from safetensors.torch import load_file
+
+    from raylm.rl.driver import run_rl, step_tasks
+
+    cfg = RlConfig(engine="torch", families=["compare"], reward="tests.rl.test_rl:quarter", steps=1,
+                   prompts_per_step=2, group_size=2, max_new_tokens=6, eval_every=1, eval_per_family=2,
+                   rollout_cpus=1, learner_cpus=1, dynamic_sampling=True, max_sampling_rounds=3)
+    assert [t.messages for t in step_tasks(cfg, 0, 1)] != [t.messages for t in step_tasks(cfg, 0)]
+    assert [t.messages for t in step_tasks(cfg, 0, 1)] == [t.messages for t in step_tasks(cfg, 0, 1)]
+    storage = Storage(StorageConfig(uri=str(policy)))
+    sft = StepResult(storage, "sft", {"config_hash": "sft", "metrics": {}}, skipped=True)
+    run_step("rl", storage, "dapo", "dapo", lambda work: run_rl(cfg, sft, work, "dapo/state.pt"))
+    last = json.loads((policy / "dapo" / "history.json").read_text())[-1]
+    assert last["sampling_rounds"] == 3 and last["trained_groups"] == 0 and last["mean_reward"] == 0.25
+    before, after = load_file(policy / "sft" / "hf" / "model.safetensors"), load_file(policy / "dapo" / "hf" /
+                                                                                       "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
