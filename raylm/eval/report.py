@@ -41,8 +41,12 @@ def _cell(name: str, value, interval=None) -> str:
     if name == "val_bpb":
         return f"{value:.3f}"
     if name == "mean_reply_tokens":
-        return f"{value:.1f}" + (f" ({interval[0]:.1f}-{interval[1]:.1f})" if interval else "")
-    return f"{100 * value:.0f}%" + (f" ({100 * interval[0]:.0f}-{100 * interval[1]:.0f})" if interval else "")
+        return f"{value:.1f}" + (f" [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "")
+    return f"{_pct(value)}%" + (f" [{_pct(interval[0])}, {_pct(interval[1])}]" if interval else "")
+
+
+def _pct(share: float) -> str:
+    return str(round(100 * share) or 0)  # no "-0"
 
 
 def markdown_table(results: list[dict]) -> str:

@@ -73,6 +73,10 @@ class TorchEngine:
 class VllmEngine:
     def __init__(self, checkpoint: str, stop_ids: list[int], kv_cache_gib: int = 1, seed: int = 0, **_):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # CPU: KV cache size, GiB
+        # The engine core in this process: `generate` hands it every request before its first step, so a batch
+        # is scheduled the same way in every run and the engine seed fixes the samples. In its own process
+        # (the default) it starts on whatever requests have arrived, which varies with the load on the machine.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         on_gpu = torch.cuda.is_available()
