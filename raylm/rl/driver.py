@@ -174,39 +174,36 @@ def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks
     import ray
 
     timings = {"generate_s": 0.0, "score_s": 0.0}
-    prompts, groups, kept, tokens, samples, rounds = [], [], [], 0, 0, 0
+    picked: list[tuple[list[int], list[Sample], torch.Tensor]] = []  # (prompt, group, rewards) to train on
+    tokens = samples = 0
     first: torch.Tensor | None = None
     extra: dict = {}
     for rounds in range(1, (cfg.max_sampling_rounds if refill else 1) + 1):
         drawn = tasks if rounds == 1 else refill(rounds - 1)
         t0 = time.perf_counter()
-        batch_prompts = [chat.prompt(t.messages) for t in drawn]
-        batch_groups = pool.generate(batch_prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens,
-                                     seed=cfg.seed + step + 1_000_000 * (rounds - 1))
+        prompts = [chat.prompt(t.messages) for t in drawn]
+        groups = pool.generate(prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens,
+                               seed=cfg.seed + step + 1_000_000 * (rounds - 1))
         timings["generate_s"] += time.perf_counter() - t0
-        tokens += sum(len(s.ids) for group in batch_groups for s in group)
-        samples += sum(len(group) for group in batch_groups)
+        tokens += sum(len(s.ids) for group in groups for s in group)
+        samples += sum(len(group) for group in groups)
         t0 = time.perf_counter()
-        rewards, batch_extra = score(drawn, batch_groups)
+        rewards, round_extra = score(drawn, groups)
         timings["score_s"] += time.perf_counter() - t0
         if first is None:
-            first, extra = rewards, batch_extra
-        informative = rewards.std(dim=1) > 0 if refill else torch.ones(len(drawn), dtype=torch.bool)
-        for i in [i for i, ok in enumerate(informative.tolist()) if ok]:
-            prompts.append(batch_prompts[i])
-            groups.append(batch_groups[i])
-            kept.append(rewards[i])
-        if len(prompts) >= len(tasks):
+            first, extra = rewards, round_extra
+        picked += [(p, g, r) for p, g, r in zip(prompts, groups, rewards) if not refill or r.std() > 0]
+        if len(picked) >= len(tasks):
             break
-    prompts, groups, kept = prompts[:len(tasks)], groups[:len(tasks)], kept[:len(tasks)]
+    picked = picked[:len(tasks)]
 
     metrics: dict = {}
     timings["train_s"] = timings["sync_s"] = 0.0
-    if prompts:  # with dynamic sampling, every group of every round may have been uniform: nothing to learn
-        advantages = group_advantages(torch.stack(kept))
+    if picked:  # with dynamic sampling, every group of every round may have been uniform: nothing to learn
+        advantages = group_advantages(torch.stack([r for _, _, r in picked]))
         t0 = time.perf_counter()
         batch = [{"prompt": prompt, "response": sample.ids, "advantage": float(advantages[i, j])}
-                 for i, (prompt, group) in enumerate(zip(prompts, groups)) for j, sample in enumerate(group)]
+                 for i, (prompt, group, _) in enumerate(picked) for j, sample in enumerate(group)]
         metrics = ray.get(learner.update.remote(batch, demos))
         timings["train_s"] = time.perf_counter() - t0
 
@@ -223,7 +220,7 @@ def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks
                    solved_groups=float((first.std(dim=1) == 0).float().mean()),
                    sync_share=timings["sync_s"] / sum(timings.values()))
     if refill:
-        metrics.update(sampling_rounds=rounds, trained_groups=len(prompts) / len(tasks))
+        metrics.update(sampling_rounds=rounds, trained_groups=len(picked) / len(tasks))
     return metrics
 
 

@@ -73,13 +73,16 @@ class TorchEngine:
 class VllmEngine:
     def __init__(self, checkpoint: str, stop_ids: list[int], kv_cache_gib: int = 1, seed: int = 0, **_):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # CPU: KV cache size, GiB
-        # The engine core in this process: `generate` hands it every request before its first step, so a batch
-        # is scheduled the same way in every run and the engine seed fixes the samples. In its own process
-        # (the default) it starts on whatever requests have arrived, which varies with the load on the machine.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            # The engine core in this process: `generate` hands it every request before its first step, so a
+            # batch is scheduled the same way in every run and the engine seed fixes the samples. In its own
+            # process (the default) it starts on whatever requests have arrived, which varies with the load.
+            # On a GPU the kernels are not bit-reproducible anyway, and the separate process overlaps
+            # scheduling with the forward pass, so it stays there.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
-        on_gpu = torch.cuda.is_available()
         self.llm = LLM(model=str(checkpoint), dtype="bfloat16" if on_gpu else "float32", seed=seed,
                        gpu_memory_utilization=0.5 if not on_gpu else 0.3, enforce_eager=not on_gpu,
                        worker_extension_cls="raylm.rl.weight_sync.WeightSync")
