@@ -92,6 +92,14 @@ def start_server(space: Namespace, checkpoint: str, port: int, root: Path, tag: 
     raise AssertionError(f"server {tag} not healthy in 240 s:\n" + (root / f"{tag}.log").read_text()[-3000:])
 
 
+def server_socket() -> socket.socket:
+    """A socket that binds as servers (HAProxy, uvicorn, raylm's own port check) do: with SO_REUSEADDR,
+    so the closed connections a stop leaves in TIME_WAIT for a minute do not count, a listener does."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
+
+
 def wait_until(condition, timeout: float) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -148,13 +156,13 @@ def test_nothing_outlives_the_server(namespace, scripted_checkpoint, tmp_path_fa
     stop(namespace, server, order, root, port)
     assert wait_until(lambda: not namespace.left(), 20), f"left after {order}: {namespace.left()}"
     # the port is free again: the next test's server (same port) must start healthy
-    with socket.socket() as probe:
+    with server_socket() as probe:
         probe.bind(("127.0.0.1", port))
 
 
 def test_a_taken_port_fails_the_start_at_once(namespace, scripted_checkpoint, tmp_path):
     checkpoint, _, _ = scripted_checkpoint
-    with socket.socket() as squatter:
+    with server_socket() as squatter:
         squatter.bind(("127.0.0.1", PORT))
         squatter.listen()
         start = time.perf_counter()
