@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
-from ray.data.context import DataContext, ShuffleStrategy
+from ray.data.context import ShuffleStrategy
 
 from raylm.storage import Storage
 from raylm.tokenizer.bpe import EOS, fast_encoder, load
@@ -120,19 +120,15 @@ def write_token_shards(storage: Storage, kept_rel: str, tokenizer_rel: str, shar
     """Tokenize the kept documents into `num_shards` pairs of train/val shards under `shards_rel`; returns
     (the manifest's shard listing, token-id counts per split)."""
     files = [storage.path(f"{kept_rel}/{n}") for n in sorted(storage.files(kept_rel)) if n.endswith(".parquet")]
+    documents = ray.data.read_parquet(files, filesystem=storage.fs).select_columns(["id", "text"])
     # The groupby as a sort on tasks rather than Ray Data's default shuffle, whose aggregator actors take
-    # seconds to start: 1-5 s instead of 7-13 s for the sample on 2 cores, the same shards. A dataset keeps
-    # the context it was made in, so the setting is scoped to this one.
-    context = DataContext.get_current()
-    default, context.shuffle_strategy = context.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    try:
-        metadata = (ray.data.read_parquet(files, filesystem=storage.fs).select_columns(["id", "text"])
-                    .map_batches(_with_shard, fn_args=(num_shards,), batch_format="pyarrow")
-                    .groupby("shard")
-                    .map_groups(write_group, fn_args=(storage, tokenizer_rel, shards_rel, val_fraction),
-                                batch_format="pyarrow"))
-    finally:
-        context.shuffle_strategy = default
+    # seconds to start: 1-5 s instead of 7-13 s for the sample on 2 cores, the same shards. A dataset owns a
+    # copy of the context it was read in, shared by what derives from it: the setting stays with this one.
+    documents.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    metadata = (documents.map_batches(_with_shard, fn_args=(num_shards,), batch_format="pyarrow")
+                .groupby("shard")
+                .map_groups(write_group, fn_args=(storage, tokenizer_rel, shards_rel, val_fraction),
+                            batch_format="pyarrow"))
     listing = {s: {"documents": 0, "tokens": 0, "bytes": 0, "shards": []} for s in ("train", "val")}
     counts: dict[str, np.ndarray] = {}
     for batch in metadata.iter_batches(batch_format="pyarrow", batch_size=64):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
+import subprocess
+import sys
 import time
 
 import httpx
@@ -222,9 +223,6 @@ with httpx.Client(timeout=5) as client:
 
 def _health_times_during(url: str, action) -> tuple[list[float], object]:
     """/health response times (s) of the polls that started while `action` ran, and its result."""
-    import subprocess
-    import sys
-
     poller = subprocess.Popen([sys.executable, "-c", _POLLER, url], stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)  # the poller's interpreter is up and its connection open before the action starts
