@@ -162,7 +162,17 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(100, ge=1)
     sample_every: int = Field(0, ge=0, description="0: only at the end")
     max_failures: int = Field(2, ge=0, description="worker failures survived by restoring the last checkpoint")
-    compile: bool = Field(False, description="torch.compile (GPU)")
+    compile: bool = Field(False, description="torch.compile of the forward and the loss (GPU)")
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: a whole model per worker; fsdp: FSDP2, parameters, gradients and optimizer "
+                           "state sharded over the workers (models past one GPU's memory), sharded checkpoints")
+    activation_checkpointing: bool = Field(False, description="recompute each block in the backward: less "
+                                                              "memory, ~1/3 more compute")
+    loss_chunk_tokens: int = Field(0, ge=0, description="cross-entropy over chunks of this many tokens, so "
+                                                        "fp32 logits of a whole micro-batch never exist; 0: off")
+    prefetch: int = Field(4, ge=1, description="micro-batches built ahead on a background thread")
+    nccl_env: dict[str, str] = Field(default_factory=dict, description="environment of the training workers "
+                                                                       "(NCCL_* settings), via Ray's runtime env")
     seed: int = 0
 
 
@@ -262,6 +272,17 @@ class RewardConfig(TrainConfig):
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="share of subjects held out for accuracy")
     scorer_actors: int = Field(1, ge=1, description="Ray actors scoring RL samples with the reward model")
     scorer_cpus: float = Field(0.0, ge=0, description="0 on a laptop: scoring runs while rollouts wait")
+
+    @model_validator(mode="after")
+    def _loop_features(self) -> "RewardConfig":
+        # the reward model trains in a loop of its own (raylm/train/reward_loop.py): DDP, whole forward
+        unsupported = {"parallelism": self.parallelism != "ddp",
+                       "activation_checkpointing": self.activation_checkpointing,
+                       "loss_chunk_tokens": self.loss_chunk_tokens != 0}
+        if any(unsupported.values()):
+            raise ValueError(f"reward training does not support {[k for k, v in unsupported.items() if v]}: "
+                             f"leave them at their defaults")
+        return self
 
 
 class RlhfConfig(RlConfig):

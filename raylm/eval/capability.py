@@ -50,7 +50,8 @@ KNOWN_TOOLS = ("search", "calculator")
 def val_bpb(model, folder: Path, val_shards: list[Storage], seq_len: int, batches: int = 8,
             batch_size: int = 16) -> float:
     from raylm.tokenizer.shards import read_shard
-    from raylm.train.loop import TokenStream, evaluate
+    from raylm.train.batches import TokenStream
+    from raylm.train.loop import evaluate
     from raylm.train.pretrain import token_byte_lengths
 
     shards = [read_shard(shard.local("")) for shard in val_shards]

@@ -10,6 +10,13 @@ the training loop.
     logits = model(token_ids)                              # (B, T, vocab)
     cache = model.new_cache(batch_size=2, max_len=256)     # for generation (raylm/model/engine.py)
     logits = model(token_ids, cache=cache, start_pos=0)
+    loss = model(inputs, targets=targets, mask=mask)      # training: the loss is part of the forward
+
+Training returns the loss from the forward itself, so a compiled forward covers it;
+with `loss_chunk` set, the cross-entropy runs over chunks of tokens, each recomputed
+in the backward, so fp32 logits of the whole micro-batch are never held at once
+(B x T x vocab x 4 bytes: 2 GB at B=16, T=1024, vocab 32k). `checkpoint_blocks`
+recomputes each block's activations in the backward instead of storing them.
 """
 
 from __future__ import annotations
@@ -19,8 +26,23 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from raylm.config import GPTConfig  # the model's shape; pydantic, so it travels to Ray workers typed
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None,
+               reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy per target token; with a mask, only masked-in tokens count (mean over them)."""
+    nats = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), reduction="none")
+    if mask is None:
+        return nats.mean() if reduction == "mean" else nats
+    mask = mask.flatten().to(nats.device)
+    return (nats * mask).sum() / mask.sum().clamp(min=1) if reduction == "mean" else nats * mask
+
+
+def _chunk_nats(head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
 class RMSNorm(nn.Module):
@@ -126,6 +148,8 @@ class GPT(nn.Module):
         cos, sin = rope_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.checkpoint_blocks = False  # training settings (raylm/train/loop.py sets them), not the shape
+        self.loss_chunk = 0
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # residual projections scaled down, GPT-2 style
             if name.endswith(("o_proj.weight", "down_proj.weight")):
@@ -136,16 +160,38 @@ class GPT(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, idx: torch.Tensor, cache: list | None = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: list | None = None, start_pos: int = 0,
+                targets: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab); with `targets`, the mean cross-entropy over the (masked-in) targets instead."""
         T = idx.shape[1]
         if start_pos + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
         cos = self.rope_cos[start_pos:start_pos + T].to(self.model.embed_tokens.weight.dtype)
         sin = self.rope_sin[start_pos:start_pos + T].to(self.model.embed_tokens.weight.dtype)
         x = self.model.embed_tokens(idx)
+        recompute = self.checkpoint_blocks and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, None if cache is None else cache[i], start_pos)
-        return self.lm_head(self.model.norm(x))
+            if recompute:
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, None if cache is None else cache[i], start_pos)
+        x = self.model.norm(x)
+        if targets is None:
+            return self.lm_head(x)
+        if not self.loss_chunk or x.shape[0] * T <= self.loss_chunk:
+            return token_loss(self.lm_head(x), targets, mask)
+        return self._chunked_loss(x.flatten(0, 1), targets.flatten(), mask)
+
+    def _chunked_loss(self, hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is not None:  # masked-out targets become ignore_index (-100): same mean as token_loss
+            mask = mask.flatten().to(targets.device)
+            targets = targets.masked_fill(mask == 0, -100)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], self.loss_chunk):
+            end = start + self.loss_chunk
+            total = total + checkpoint(_chunk_nats, self.lm_head, hidden[start:end], targets[start:end],
+                                       use_reentrant=False)
+        return total / (targets != -100).sum().clamp(min=1)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         max_len = max_len or self.cfg.max_seq_len
@@ -158,7 +204,10 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.model.embed_tokens.weight.numel() if non_embedding else n
 
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B)."""
+    def flops_per_token(self, seq_len: int, non_embedding: bool = True) -> float:
+        """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B).
+
+        N without the input embedding (raylm's MFU; the lm_head is a matmul and counts) or with
+        every parameter (`non_embedding=False`: how nanoGPT-style references count)."""
         c = self.cfg
-        return 6 * self.num_params() + 12 * c.n_layers * c.dim * seq_len
+        return 6 * self.num_params(non_embedding) + 12 * c.n_layers * c.dim * seq_len

@@ -11,9 +11,8 @@ corpus alone, not on the order the data step happened to write it in (its joins
 do not keep one): the same corpus gives the same shards, hence the same training
 order and the same weights, on any cluster and in every run.
 
-A shard is a 1 KiB header (256 little-endian int32: magic, version, token count,
-bytes per token) followed by the tokens (uint16 when the vocabulary fits, else
-uint32), so that training reads it with np.memmap and no parsing. Every document
+The file format (a header, then the tokens for np.memmap) is in
+raylm/tokenizer/shard_format.py, which training imports without Ray. Every document
 starts with <|endoftext|>, which marks document boundaries. Documents go to the
 train or val split by a hash of their id, so a split never holds half a document.
 
@@ -27,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -37,31 +35,7 @@ from ray.data.context import ShuffleStrategy
 
 from raylm.storage import Storage
 from raylm.tokenizer.bpe import EOS, fast_encoder, load
-
-MAGIC, VERSION, HEADER_INTS = 20261126, 1, 256
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
-def shard_bytes(tokens: np.ndarray) -> bytes:
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:4] = [MAGIC, VERSION, len(tokens), tokens.dtype.itemsize]
-    return header.tobytes() + tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes()
-
-
-def write_shard(path: Path, tokens: np.ndarray) -> None:
-    Path(path).write_bytes(shard_bytes(tokens))
-
-
-def read_shard(path: Path) -> np.ndarray:
-    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-    if len(header) < 4 or header[0] != MAGIC or header[1] != VERSION:
-        raise ValueError(f"{path} is not a raylm token shard")
-    dtype = np.dtype("<u2") if header[3] == 2 else np.dtype("<u4")
-    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(int(header[2]),))
-
+from raylm.tokenizer.shard_format import read_shard, shard_bytes, token_dtype, write_shard  # noqa: F401 (re-exported)
 
 def is_val(doc_id: str, val_fraction: float) -> bool:
     return zlib.crc32(doc_id.encode()) % 10_000 < val_fraction * 10_000

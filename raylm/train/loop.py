@@ -1,11 +1,16 @@
 """The per-worker training loop shared by pretraining and SFT: runs inside Ray Train.
 
-Everything that is not the model lives here: DDP (gloo on CPU, nccl on GPU, applied
-by ray.train.torch.prepare_model), bf16 autocast and torch.compile on GPU, AdamW
-with warmup + cosine or WSD schedule, gradient accumulation and clipping, a
-deterministic data order that is a pure function of the step (so a restored run
-reads exactly the batches it would have read), metrics, val loss and bits per
-byte, sample generations, and checkpoints reported through ray.train.report.
+Everything that is not the model lives here: data parallelism (DDP or FSDP2, gloo on
+CPU, nccl on GPU: raylm/train/parallel.py), bf16 autocast and torch.compile of the
+forward with its loss on GPU, AdamW (fused on GPU) with warmup + cosine or WSD
+schedule, gradient accumulation and clipping, a deterministic data order that is a
+pure function of the step (so a restored run reads exactly the batches it would have
+read), batches built ahead on a thread (raylm/train/batches.py), metrics (tokens/s,
+MFU in both conventions against the card's own peak: raylm/train/flops.py), val loss
+and bits per byte, sample generations, and checkpoints reported through ray.train.report.
+
+The loop does not wait for the device between steps: losses and the gradient norm stay
+on the device and are read only at log, eval and checkpoint steps.
 
 Pretraining reads token shards (TokenStream: every token is a target); SFT reads
 packed conversation rows with a loss mask (PackedRows: only assistant tokens are
@@ -15,8 +20,9 @@ targets) and starts from a checkpoint (`init_checkpoint`). Both give batches of
 Workers get a typed `LoopConfig` (pydantic, pickled by Ray) and read every input
 (shards, rows, the init checkpoint, the tokenizer) from the run's storage through
 node-local copies, so they may run on any node. The same function runs in one
-plain process (`run_without_ray`) for tests and for benchmarks/pretrain_cpu.py,
-which measures what Ray adds.
+plain process (`run_without_ray`) for tests, for benchmarks/pretrain_cpu.py (which
+measures what Ray adds) and for benchmarks/gpu_check.py: nothing on this module's
+import path loads Ray, pyarrow or tokenizers.
 """
 
 from __future__ import annotations
@@ -28,17 +34,16 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from raylm.config import GPTConfig, StorageConfig, TrainConfig
 from raylm.model.engine import Engine
-from raylm.model.gpt import GPT
-from raylm.storage import Storage
-from raylm.tokenizer.shards import read_shard
-
-CHECKPOINT_FILE = "train_state.pt"
+from raylm.model.gpt import GPT, token_loss  # noqa: F401 (token_loss: imported from here by the RL learner)
+from raylm.train.batches import Prefetcher, local_file, open_stream
+from raylm.train.flops import mfu, peak_bf16_flops
+from raylm.train.parallel import (CHECKPOINT_FILE, full_model_state, grad_norm_tensor, load_meta,  # noqa: F401
+                                  restore_checkpoint, save_checkpoint, wrap)
 
 
 class LoopConfig(BaseModel):
@@ -57,94 +62,6 @@ class LoopConfig(BaseModel):
     token_bytes: list[int]                    # UTF-8 bytes per token id: the denominator of bits per byte
     init_checkpoint: str | None = None        # an HF folder to start from (SFT)
     chat_samples: list[str] = []
-    peak_flops: float = 989e12
-
-
-class TokenStream:
-    """Sequences of seq_len + 1 tokens drawn from the shards in a seeded, per-epoch permutation.
-
-    Sample k of the run (counted over all ranks) is a pure function of (seed, k): a
-    restored run continues exactly where the failed one was, and ranks never overlap.
-    """
-
-    def __init__(self, shards: list[np.ndarray], seq_len: int, seed: int):
-        self.shards = shards
-        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
-        self.seq_len, self.seed = seq_len, seed
-        self.num_sequences = int((self.offsets[-1] - 1) // seq_len)
-        if self.num_sequences < 1:
-            raise ValueError(f"{self.offsets[-1]} tokens are too few for sequences of {seq_len}")
-        self._perm_epoch, self._perm = -1, None
-
-    def _tokens(self, start: int, length: int) -> np.ndarray:
-        parts, pos = [], start
-        while length > 0:
-            shard = int(np.searchsorted(self.offsets, pos, side="right") - 1)
-            local = pos - self.offsets[shard]
-            piece = self.shards[shard][local:local + length]
-            parts.append(piece)
-            pos += len(piece)
-            length -= len(piece)
-        return np.concatenate(parts).astype(np.int64)
-
-    def sample(self, k: int) -> np.ndarray:
-        epoch, index = divmod(k, self.num_sequences)
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_sequences)
-            self._perm_epoch = epoch
-        return self._tokens(int(self._perm[index]) * self.seq_len, self.seq_len + 1)
-
-    def batch(self, first: int, size: int) -> tuple[torch.Tensor, None]:
-        return torch.from_numpy(np.stack([self.sample(first + i) for i in range(size)])), None
-
-
-class PackedRows:
-    """Rows of whole conversations packed to seq_len + 1 tokens, with a loss mask (raylm/train/sft.py writes them).
-
-    Row k of the run is row perm_epoch[k % N]: the same pure-function-of-the-step
-    order as TokenStream, so SFT resumes exactly too.
-    """
-
-    def __init__(self, path: Path, seed: int):
-        packed = np.load(path)
-        self.tokens, self.mask = packed["tokens"], packed["mask"]
-        self.num_sequences, self.seed = len(self.tokens), seed
-        if self.num_sequences < 1:
-            raise ValueError(f"{path} holds no rows")
-        self._perm_epoch, self._perm = -1, None
-
-    def row(self, k: int) -> int:
-        epoch, index = divmod(k, self.num_sequences)
-        if self.seed is None:  # val: always the same rows in file order
-            return index
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_sequences)
-            self._perm_epoch = epoch
-        return int(self._perm[index])
-
-    def batch(self, first: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.row(k) for k in range(first, first + size)]
-        tokens = torch.from_numpy(self.tokens[rows].astype(np.int64))
-        return tokens, torch.from_numpy(self.mask[rows, 1:].astype(np.float32))
-
-
-def open_stream(config: LoopConfig, split: str):
-    """The batches of one split: packed conversation rows (SFT) or token shards (pretraining)."""
-    storage = Storage(config.storage)
-    files = [storage.local(rel) for rel in (config.train_files if split == "train" else config.val_files)]
-    if config.data == "rows":
-        return PackedRows(files[0], config.train.seed if split == "train" else None)
-    return TokenStream([read_shard(f) for f in files], config.train.seq_len, config.train.seed if split == "train" else 0)
-
-
-def token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None,
-               reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy per target token; with a mask, only masked-in tokens count (mean over them)."""
-    nats = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-    if mask is None:
-        return nats.mean() if reduction == "mean" else nats
-    mask = mask.flatten().to(nats.device)
-    return (nats * mask).sum() / mask.sum().clamp(min=1) if reduction == "mean" else nats * mask
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -180,12 +97,6 @@ def evaluate(model: GPT, stream, token_bytes: torch.Tensor, batches: int, batch_
     return {"val_loss": total_nats / max(1, total_tokens), "val_bpb": total_nats / math.log(2) / max(1, total_bytes)}
 
 
-def _save_state(folder: Path, model: GPT, optimizer, step: int, history: list[dict]) -> None:
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "metrics": history[-1], "history": history, "model_config": model.cfg.model_dump()},
-               folder / CHECKPOINT_FILE)
-
-
 def train_loop(config: LoopConfig) -> None:
     """Ray Train's train_loop_per_worker."""
     import ray.train
@@ -194,107 +105,139 @@ def train_loop(config: LoopConfig) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     checkpoint = ray.train.get_checkpoint()
-    state = None
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    model, optimizer, start = build(config, device, state)
-    ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
-    history = state["history"] if state else []
+            model, wrapped, optimizer, start, history = build(config, device, world, Path(folder))
+    else:
+        model, wrapped, optimizer, start, history = build(config, device, world)
+    parallelism = config.train.parallelism
 
     def report(metrics: dict, step: int, save: bool) -> None:
         history.append(metrics)
         if not save:
             ray.train.report(metrics)
             return
+        # FSDP: every rank writes its shards; the final checkpoint also holds the whole model for the export
+        full = full_model_state(model, parallelism) if parallelism == "fsdp" and step == config.train.steps else None
         with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                _save_state(Path(tmp), model, optimizer, step, history)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+            meta = {"step": step, "metrics": metrics, "history": history, "model_config": model.cfg.model_dump()}
+            save_checkpoint(Path(tmp), model, optimizer, parallelism, rank, meta, full_model=full)
+            writes = rank == 0 or parallelism == "fsdp"
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if writes else None)
 
-    run(config, model, ddp, optimizer, start, rank, world, device, report, restored=state is not None)
+    run(config, model, wrapped, optimizer, start, rank, world, device, report, restored=checkpoint is not None)
 
 
-def build(config: LoopConfig, device, state: dict | None):
-    torch.manual_seed(config.train.seed)
+def build(config: LoopConfig, device: torch.device, world: int = 1, checkpoint: Path | None = None):
+    """(model, wrapped, optimizer, start step, history): fresh, from `init_checkpoint` (SFT), or restored
+    from a checkpoint folder. `wrapped` is what the forward runs through (DDP, or the FSDP-sharded model)."""
+    cfg = config.train
+    torch.manual_seed(cfg.seed)
     model = GPT(config.model).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.train.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=config.train.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-    start = 0
+    model.checkpoint_blocks, model.loss_chunk = cfg.activation_checkpointing, cfg.loss_chunk_tokens
+    state = load_meta(checkpoint) if checkpoint is not None else None
     if state is None and config.init_checkpoint:  # SFT starts from an earlier step's weights
         from raylm.model.hf import load_pretrained
 
-        folder = Storage(config.storage).local(config.init_checkpoint)
-        model.load_state_dict(load_pretrained(folder).state_dict())
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-    return model, optimizer, start
+        model.load_state_dict(load_pretrained(local_file(config, config.init_checkpoint)).state_dict())
+    wrapped = wrap(model, cfg.parallelism, device, world, bf16=device.type == "cuda")
+    # after wrapping: FSDP replaces the parameters with sharded ones
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    if state is None:
+        return model, wrapped, optimizer, 0, []
+    restore_checkpoint(checkpoint, state, model, optimizer, cfg.parallelism)
+    return model, wrapped, optimizer, state["step"], list(state["history"])
 
 
-def run(config: LoopConfig, model: GPT, ddp, optimizer, start: int, rank: int, world: int, device, report,
+def run(config: LoopConfig, model: GPT, wrapped, optimizer, start: int, rank: int, world: int, device, report,
         restored: bool = False) -> None:
-    """The loop proper; `ddp` is the wrapped model (or the model itself in one process)."""
+    """The loop proper; `wrapped` is what build() returned (DDP, the sharded model, or the model itself)."""
     cfg = config.train
     cuda = device.type == "cuda"
+    fsdp = cfg.parallelism == "fsdp"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    forward = torch.compile(ddp) if cuda and cfg.compile else ddp
+    forward = torch.compile(wrapped) if cuda and cfg.compile else wrapped
     train, val = open_stream(config, "train"), open_stream(config, "val")
     tag = f"[{config.step_name}]"
     token_bytes = torch.tensor(config.token_bytes, dtype=torch.int64)
     batch, accum, steps = cfg.batch_size, cfg.grad_accum, cfg.steps
     tokens_per_step = batch * accum * world * cfg.seq_len
-    flops_per_token = model.flops_per_token(cfg.seq_len)
+    peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if cuda else float("nan")
     if rank == 0 and restored:
         print(f"{tag} restored from checkpoint at step {start}", flush=True)
+    firsts = (((step * accum + micro) * world + rank) * batch for step in range(start, steps) for micro in range(accum))
+    batches = iter(Prefetcher(train, firsts, batch, pin=cuda, depth=cfg.prefetch))
     last_log, last_step = time.time(), start
     for step in range(start, steps):
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
-            first = ((step * accum + micro) * world + rank) * batch
-            seqs, mask = train.batch(first, batch)
+            seqs, mask = next(batches)
             seqs = seqs.to(device, non_blocking=True)
-            sync = nullcontext() if micro == accum - 1 or not hasattr(ddp, "no_sync") else ddp.no_sync()
-            with sync, autocast:
-                logits = forward(seqs[:, :-1])
-                loss = token_loss(logits, seqs[:, 1:], mask)
+            mask = None if mask is None else mask.to(device, non_blocking=True)
+            last = micro == accum - 1  # gradients are reduced across ranks once per step, on the last micro-batch
+            if fsdp:
+                wrapped.set_requires_gradient_sync(last)
+            sync = nullcontext() if last or not hasattr(wrapped, "no_sync") else wrapped.no_sync()
+            with sync:
+                with autocast:
+                    loss = forward(seqs[:, :-1], targets=seqs[:, 1:], mask=mask)
                 (loss / accum).backward()
-            loss_sum += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            loss_sum += loss.detach()
+        grad_norm = grad_norm_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
         done = step + 1
-        metrics = {"step": done, "loss": loss_sum / accum, "lr": lr, "grad_norm": float(grad_norm),
+        log = done % cfg.log_every == 0 or done == steps
+        evaluate_now = done % cfg.eval_every == 0 or done == steps
+        save = done % cfg.checkpoint_every == 0 or done == steps
+        show = bool(config.tokenizer) and (done == steps or bool(cfg.sample_every and done % cfg.sample_every == 0))
+        if not (log or evaluate_now or save or show):
+            continue  # nothing is read from the device: the next step is queued behind this one
+        metrics = {"step": done, "loss": loss_sum.item() / accum, "lr": lr, "grad_norm": grad_norm.item(),
                    "restored_from": start if restored else None}
-        if done % cfg.log_every == 0 or done == steps:
-            elapsed = time.time() - last_log
+        if log:
+            elapsed = time.time() - last_log  # after the .item() above: the device has finished these steps
             metrics["tokens_per_s"] = tokens_per_step * (done - last_step) / max(elapsed, 1e-9)
             if cuda:
-                metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / (config.peak_flops * world)
+                metrics.update(mfu(metrics["tokens_per_s"], model, cfg.seq_len, world, peak))
             last_log, last_step = time.time(), done
             if rank == 0:
+                extra = f" mfu {metrics['mfu']:.1%}" if cuda else ""
                 print(f"{tag} step {done}/{steps} loss {metrics['loss']:.4f} lr {lr:.2e} "
-                      f"{metrics['tokens_per_s']:,.0f} tok/s", flush=True)
-        if done % cfg.eval_every == 0 or done == steps:
+                      f"{metrics['tokens_per_s']:,.0f} tok/s{extra}", flush=True)
+        if evaluate_now:
             metrics.update(evaluate(model, val, token_bytes, cfg.eval_batches, batch, device, autocast))
             if rank == 0:
                 print(f"{tag} step {done} val loss {metrics['val_loss']:.4f} "
                       f"val bpb {metrics['val_bpb']:.4f}", flush=True)
-        if rank == 0 and (done == steps or (cfg.sample_every and done % cfg.sample_every == 0)):
-            for prompt, text in sample(model, config).items():
-                print(f"{tag} sample {prompt!r} -> {text!r}", flush=True)
-        save = done % cfg.checkpoint_every == 0 or done == steps
-        if "tokens_per_s" in metrics or "val_loss" in metrics or save:  # a report is a sync point: not every step
+        if show:
+            plain = gathered_model(model, config) if fsdp else model  # FSDP: every rank joins the gather
+            if rank == 0:
+                for prompt, text in sample(plain, config).items():
+                    print(f"{tag} sample {prompt!r} -> {text!r}", flush=True)
+        if log or evaluate_now or save:  # a report is a sync point: not every step
             report(metrics, done, save)
+
+
+def gathered_model(model: GPT, config: LoopConfig) -> GPT | None:
+    """A plain copy of an FSDP-sharded model on rank 0's CPU (None elsewhere); every rank must call it."""
+    state = full_model_state(model, "fsdp")
+    if not state:
+        return None
+    plain = GPT(config.model)
+    plain.load_state_dict(state)
+    return plain
 
 
 def sample(model: GPT, config: LoopConfig) -> dict[str, str]:
@@ -302,7 +245,7 @@ def sample(model: GPT, config: LoopConfig) -> dict[str, str]:
     from raylm.tokenizer.bpe import load
     from raylm.tokenizer.chat import ChatFormat
 
-    tok = load(Storage(config.storage).local(config.tokenizer))
+    tok = load(local_file(config, config.tokenizer))
     engine = Engine(model)
     if config.chat_samples:
         chat = ChatFormat(tok)
@@ -320,7 +263,6 @@ def sample(model: GPT, config: LoopConfig) -> dict[str, str]:
 def run_without_ray(config: LoopConfig) -> list[dict]:
     """One process, no Ray: the baseline of benchmarks/pretrain_cpu.py and a test harness."""
     device = torch.device("cuda" if torch.cuda.is_available() and config.train.use_gpu else "cpu")
-    model, optimizer, start = build(config, device, None)
-    history: list[dict] = []
-    run(config, model, model, optimizer, start, 0, 1, device, lambda m, step, save: history.append(m))
+    model, wrapped, optimizer, start, history = build(config, device)
+    run(config, model, wrapped, optimizer, start, 0, 1, device, lambda m, step, save: history.append(m))
     return history

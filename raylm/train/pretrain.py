@@ -21,8 +21,6 @@ from raylm.storage import Storage
 from raylm.train.loop import LoopConfig
 from raylm.train.trainer import fit, model_from_state, plot_losses
 
-PEAK_BF16_FLOPS = 989e12  # H100 SXM dense bf16; MFU is reported against it on GPU
-
 
 def token_byte_lengths(tokenizer_dir: Path) -> list[int]:
     """UTF-8 bytes each token id stands for (0 for special tokens): the denominator of bits per byte."""
@@ -49,7 +47,7 @@ def loop_config(cfg: PretrainConfig, tokenizer: StepResult) -> LoopConfig:
         step_name="pretrain", train=cfg, model=model, storage=storage.cfg, data="shards",
         train_files=[f"{tokenizer.rel}/shards/{s}" for s in shards["train"]["shards"]],
         val_files=[f"{tokenizer.rel}/shards/{s}" for s in shards["val"]["shards"]],
-        tokenizer=tokenizer.rel, token_bytes=token_bytes, peak_flops=PEAK_BF16_FLOPS)
+        tokenizer=tokenizer.rel, token_bytes=token_bytes)
 
 
 def run_pretrain(cfg: PretrainConfig, tokenizer: StepResult, work: Work, train_rel: str, key: str) -> dict:

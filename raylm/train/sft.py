@@ -28,7 +28,7 @@ from raylm.tasks.conversations import load_conversations
 from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import ChatFormat
 from raylm.train.loop import LoopConfig
-from raylm.train.pretrain import PEAK_BF16_FLOPS, token_byte_lengths
+from raylm.train.pretrain import token_byte_lengths
 from raylm.train.trainer import fit, model_from_state, plot_losses
 
 CHAT_SAMPLES = ["Which is larger, 9.11 or 9.9?", "What is your name?", "Who was Zorblat Quenmire?",
@@ -92,7 +92,7 @@ def run_sft(cfg: SftConfig, pretrain: StepResult, work: Work, train_rel: str, ke
         step_name="sft", train=cfg, model=model_config, storage=storage.cfg, data="rows",
         train_files=[work.publish("train.npz")], val_files=[work.publish("val.npz")],
         tokenizer=base_rel, token_bytes=token_byte_lengths(base_dir), init_checkpoint=base_rel,
-        chat_samples=CHAT_SAMPLES, peak_flops=PEAK_BF16_FLOPS)
+        chat_samples=CHAT_SAMPLES)
     name = f"sft-{key}"  # the digest covers the base model's whole history: a new base starts from step 0
     print(f"[sft] {cfg.num_workers} Ray Train workers, {cfg.steps} steps from {storage.uri(base_rel)}", flush=True)
     state = fit(config, cfg.num_workers, cfg.use_gpu, cfg.max_failures, storage, train_rel, name)

@@ -42,7 +42,10 @@ def fit(config: LoopConfig, num_workers: int, use_gpu: bool, max_failures: int, 
                                      placement_strategy=config.train.placement_strategy),
         run_config=RunConfig(name=name, storage_path=storage.path(rel), storage_filesystem=storage.fs,
                              failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             # NCCL_* settings reach the workers before their process group starts
+                             worker_runtime_env={"env_vars": dict(config.train.nccl_env)} if config.train.nccl_env
+                             else None),
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:

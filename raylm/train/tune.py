@@ -24,8 +24,8 @@ def _trial(params: dict, base: LoopConfig) -> None:
     config = base.model_copy(update={"train": base.train.model_copy(update=params)})
     torch.set_num_threads(1)
     device = torch.device("cuda" if config.train.use_gpu and torch.cuda.is_available() else "cpu")
-    model, optimizer, start = build(config, device, None)
-    run(config, model, model, optimizer, start, 0, 1, device, lambda metrics, step, save: tune.report(metrics))
+    model, wrapped, optimizer, start, _ = build(config, device)
+    run(config, model, wrapped, optimizer, start, 0, 1, device, lambda metrics, step, save: tune.report(metrics))
 
 
 def run_sweep(cfg: PretrainConfig, tokenizer: StepResult, tune_rel: str, lrs: list[float],
