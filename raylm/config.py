@@ -198,6 +198,11 @@ class RlConfig(Strict):
     rollout_gpus: float = Field(0.0, ge=0)
     learner_cpus: float = Field(1.0, gt=0)
     learner_gpus: float = Field(0.0, ge=0)
+    learner_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the learner keeps the "
+                                                          "policy, the reference model and every batch: auto is "
+                                                          "cuda when learner_gpus > 0 and the learner sees a GPU, "
+                                                          "else cpu; cuda updates under bf16 autocast with fused "
+                                                          "AdamW, and fails with a clear error where no GPU is seen")
     kv_cache_gib: int = Field(1, ge=1, description="vLLM's KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
     families: list[str] = Field(default_factory=lambda: ["compare"],
                                 description="task families to train on (benchmarks/RESULTS.md: why compare)")
