@@ -204,6 +204,10 @@ class RlConfig(Strict):
                                                           "else cpu; cuda updates under bf16 autocast with fused "
                                                           "AdamW, and fails with a clear error where no GPU is seen")
     kv_cache_gib: int = Field(1, ge=1, description="vLLM's KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="share of its GPU's memory each vLLM "
+                                          "rollout engine takes (weights, activations, KV cache); raise it when a "
+                                          "rollout actor has a GPU to itself, keep it low when it shares one (the "
+                                          "learner's, rollout_gpus < 1). On CPU the KV cache is kv_cache_gib")
     families: list[str] = Field(default_factory=lambda: ["compare"],
                                 description="task families to train on (benchmarks/RESULTS.md: why compare)")
     reward: str = Field("raylm.tasks:verified_reward",

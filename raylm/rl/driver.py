@@ -104,7 +104,7 @@ def run_rl(cfg: RlConfig, sft: StepResult, work: Work, state_rel: str) -> dict:
         learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=cfg.learner_gpus).remote(
             storage, policy, cfg, chat.tok.token_to_id("<|pad|>"))
         pool = RolloutPool(cfg.engine, storage, policy, cfg.num_rollout_workers, [chat.im_end], cfg.rollout_cpus,
-                           cfg.rollout_gpus, cfg.kv_cache_gib, cfg.seed)
+                           cfg.rollout_gpus, cfg.kv_cache_gib, cfg.seed, cfg.gpu_memory_utilization)
         try:
             start, history = train(cfg, learner, pool, chat, reward, eval_tasks, state_rel)
             ray.get(learner.export.remote(f"{work.rel}/hf", policy))

@@ -71,7 +71,8 @@ class TorchEngine:
 
 
 class VllmEngine:
-    def __init__(self, checkpoint: str, stop_ids: list[int], kv_cache_gib: int = 1, seed: int = 0, **_):
+    def __init__(self, checkpoint: str, stop_ids: list[int], kv_cache_gib: int = 1, seed: int = 0,
+                 gpu_memory_utilization: float = 0.3, **_):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # CPU: KV cache size, GiB
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
@@ -84,7 +85,8 @@ class VllmEngine:
         from vllm import LLM
 
         self.llm = LLM(model=str(checkpoint), dtype="bfloat16" if on_gpu else "float32", seed=seed,
-                       gpu_memory_utilization=0.5 if not on_gpu else 0.3, enforce_eager=not on_gpu,
+                       # on CPU a KV cache size is given (VLLM_CPU_KVCACHE_SPACE), so this share goes unused there
+                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=not on_gpu,
                        worker_extension_cls="raylm.rl.weight_sync.WeightSync")
         self.stop_ids = list(stop_ids)
         self.per_request_seed = on_gpu  # vLLM-CPU's sampler fails on seeded requests; the engine seed still holds
@@ -146,7 +148,8 @@ class RolloutPool:
     """`num_workers` RolloutWorker actors; prompts are dealt out in contiguous slices."""
 
     def __init__(self, engine: str, storage: Storage, checkpoint: str, num_workers: int, stop_ids: list[int],
-                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, kv_cache_gib: int = 1, seed: int = 0):
+                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, kv_cache_gib: int = 1, seed: int = 0,
+                 gpu_memory_utilization: float = 0.3):
         import ray
 
         if engine == "vllm" and not vllm_available():
@@ -158,7 +161,8 @@ class RolloutPool:
         actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                   runtime_env={"env_vars": env})
         self.workers = [actor.remote(engine, storage, checkpoint, list(stop_ids),
-                                     kv_cache_gib=kv_cache_gib, seed=seed + i) for i in range(num_workers)]
+                                     kv_cache_gib=kv_cache_gib, seed=seed + i,
+                                     gpu_memory_utilization=gpu_memory_utilization) for i in range(num_workers)]
 
     def generate(self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
                  seed: int | None = None) -> list[list[Sample]]:

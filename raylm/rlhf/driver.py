@@ -122,7 +122,7 @@ def run_rlhf(cfg: RunConfig, sft: StepResult, reward: StepResult, work: Work, st
     learner = ray.remote(Learner).options(num_cpus=rl.learner_cpus, num_gpus=rl.learner_gpus).remote(
         storage, policy, rl, chat.tok.token_to_id("<|pad|>"), track_kl=True, demo_coef=rl.ptx_coef)
     pool = RolloutPool(rl.engine, storage, policy, rl.num_rollout_workers, [chat.im_end], rl.rollout_cpus,
-                       rl.rollout_gpus, rl.kv_cache_gib, rl.seed)
+                       rl.rollout_gpus, rl.kv_cache_gib, rl.seed, rl.gpu_memory_utilization)
     scorers = ScorerPool(storage, {"proxy": f"{reward.rel}/hf", "watch": f"{reward.rel}/watch/hf"},
                          cfg.reward.scorer_actors, cfg.reward.scorer_cpus)
     try:
