@@ -135,7 +135,7 @@ class Learner:
     def weights(self) -> bytes:
         from raylm.rl.weight_sync import pack
 
-        return pack(self.model)
+        return pack(self.model, self.cfg.sync_dtype)
 
     def update(self, batch: list[dict], demos: list[tuple[list[int], list[int]]] | None = None) -> dict:
         """GRPO on one batch of samples: `updates_per_batch` passes, micro-batched, one optimizer step each.

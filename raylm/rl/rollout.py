@@ -64,7 +64,9 @@ class TorchEngine:
     def load_weights(self, blob: bytes) -> None:
         from raylm.rl.weight_sync import unpack
 
-        state = unpack(blob)
+        params = self.model.state_dict()
+        # a bf16 blob (rl.sync_dtype) goes back to the engine's own dtype, as vLLM's loaders do
+        state = {k: v.to(params[k].dtype) if k in params else v for k, v in unpack(blob).items()}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if k != "lm_head.weight"]:
             raise ValueError(f"weights do not match the model: missing {missing}, unexpected {unexpected}")
