@@ -2,7 +2,15 @@
 
     learner = ray.remote(Learner).options(num_cpus=1).remote(storage, "tiny/sft/hf", RlConfig(), pad_id)
     metrics = ray.get(learner.update.remote(batch))     # batch: [{"prompt", "response", "advantage"}]
-    blob = ray.get(learner.weights.remote())            # safetensors bytes for the rollout engines
+    ray.get(learner.push_weights.remote(pool.workers))  # the new policy into every rollout actor
+
+The learner runs on `rl.learner_device`: auto takes the GPU Ray reserved for it
+(rl.learner_gpus) and falls back to CPU. The policy, the frozen reference and
+every batch live there; on a GPU the forward passes run under bf16 autocast
+(the log-softmax and the loss in fp32) and AdamW is fused. On CPU nothing of
+that applies, so the numerics are the fp32 ones. Weights leave the learner as a
+safetensors blob in `rl.sync_dtype`, which the learner puts in the object store
+and loads into each rollout actor itself: the driver only waits for it.
 
 One actor is the learner group here (2 CPU cores); the update is a plain
 function of the batch, so a data-parallel group of these behind DDP is the next
@@ -18,6 +26,7 @@ import copy
 import io
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -136,6 +145,16 @@ class Learner:
         from raylm.rl.weight_sync import pack
 
         return pack(self.model, self.cfg.sync_dtype)
+
+    def push_weights(self, workers: list) -> dict:
+        """Load the policy into every rollout actor (RolloutWorker handles) straight from here: the blob goes
+        into the object store from this process, so it never travels through the driver. Returns the seconds
+        spent packing (pack_s) and pushing until the slowest actor has reloaded (reload_s)."""
+        from raylm.rl.rollout import push
+
+        start = time.perf_counter()
+        blob = self.weights()
+        return {"pack_s": time.perf_counter() - start, "reload_s": push(workers, blob)}
 
     def update(self, batch: list[dict], demos: list[tuple[list[int], list[int]]] | None = None) -> dict:
         """GRPO on one batch of samples: `updates_per_batch` passes, micro-batched, one optimizer step each.

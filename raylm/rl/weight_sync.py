@@ -4,6 +4,8 @@
     llm = vllm.LLM(path, worker_extension_cls="raylm.rl.weight_sync.WeightSync")
     llm.collective_rpc("raylm_load_weights", args=(blob,))   # every vLLM worker reloads in place
 
+The learner pushes the blob itself (Learner.push_weights: one ray.put, then
+every rollout actor's `load_weights`), so it never passes through the driver.
 Bytes, because raw tensors sent to vLLM's worker processes arrive mangled; and
 `model_runner.reload_weights` rather than `model.load_weights`, because on CPU
 vLLM repacks weights after loading and only the reload path repeats that.
