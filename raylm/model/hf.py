@@ -46,9 +46,10 @@ def from_hf_config(config: dict) -> GPTConfig:
         tie_embeddings=config.get("tie_word_embeddings", False))
 
 
-def state_dict_for_export(model: GPT) -> dict[str, torch.Tensor]:
-    """fp32, contiguous, on CPU; a tied lm_head is left to transformers to re-tie."""
-    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+def state_dict_for_export(model: GPT, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """`dtype` (fp32 unless asked), contiguous, on CPU; a tied lm_head is left to transformers to re-tie."""
+    # cast before the copy to CPU: from a GPU, bf16 moves half the bytes
+    state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in model.state_dict().items()}
     if model.cfg.tie_embeddings:
         state.pop("lm_head.weight")
     return state

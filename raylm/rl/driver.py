@@ -5,8 +5,9 @@
 Each step: draw `prompts_per_step` fresh tasks from `rl.families` (raylm/tasks)
 -> the rollout pool samples `group_size` replies to each -> the reward function
 (`rl.reward`, any "module:callable" taking (task, reply_text)) scores them ->
-group-relative advantages -> one GRPO update on the learner -> the new weights are
-pushed into the rollout engines in memory. With `rl.dynamic_sampling` (DAPO), groups
+group-relative advantages -> one GRPO update on the learner -> the learner pushes
+the new weights into the rollout engines in memory itself (in rl.sync_dtype; the
+driver only waits and logs pack_s, reload_s and sync_s). With `rl.dynamic_sampling` (DAPO), groups
 whose replies all scored the same are dropped and fresh tasks fill the batch. Every `eval_every` steps, held-out
 pass@1 (greedy, on tasks from another seed) per family. The learner's state is
 saved every `checkpoint_every` steps in the run's storage under
@@ -104,7 +105,7 @@ def run_rl(cfg: RlConfig, sft: StepResult, work: Work, state_rel: str) -> dict:
         learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=cfg.learner_gpus).remote(
             storage, policy, cfg, chat.tok.token_to_id("<|pad|>"))
         pool = RolloutPool(cfg.engine, storage, policy, cfg.num_rollout_workers, [chat.im_end], cfg.rollout_cpus,
-                           cfg.rollout_gpus, cfg.kv_cache_gib, cfg.seed)
+                           cfg.rollout_gpus, cfg.kv_cache_gib, cfg.seed, cfg.gpu_memory_utilization)
         try:
             start, history = train(cfg, learner, pool, chat, reward, eval_tasks, state_rel)
             ray.get(learner.export.remote(f"{work.rel}/hf", policy))
@@ -136,7 +137,7 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
     start, history = ray.get(learner.restore.remote(state_rel))
     if start:
         print(f"[rl] restored from step {start}", flush=True)
-        pool.load_weights(ray.get(learner.weights.remote()))
+        pool.sync_from(learner)
     else:
         started = time.perf_counter()
         history.append({"step": 0, "mean_reward": float("nan"),
@@ -208,8 +209,7 @@ def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks
         timings["train_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        blob = ray.get(learner.weights.remote())
-        metrics["reload_s"] = pool.load_weights(blob)
+        metrics.update(pool.sync_from(learner))  # learner -> rollout actors, not through here: pack_s, reload_s
         timings["sync_s"] = time.perf_counter() - t0
 
     metrics.update(timings)

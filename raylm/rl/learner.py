@@ -2,7 +2,15 @@
 
     learner = ray.remote(Learner).options(num_cpus=1).remote(storage, "tiny/sft/hf", RlConfig(), pad_id)
     metrics = ray.get(learner.update.remote(batch))     # batch: [{"prompt", "response", "advantage"}]
-    blob = ray.get(learner.weights.remote())            # safetensors bytes for the rollout engines
+    ray.get(learner.push_weights.remote(pool.workers))  # the new policy into every rollout actor
+
+The learner runs on `rl.learner_device`: auto takes the GPU Ray reserved for it
+(rl.learner_gpus) and falls back to CPU. The policy, the frozen reference and
+every batch live there; on a GPU the forward passes run under bf16 autocast
+(the log-softmax and the loss in fp32) and AdamW is fused. On CPU nothing of
+that applies, so the numerics are the fp32 ones. Weights leave the learner as a
+safetensors blob in `rl.sync_dtype`, which the learner puts in the object store
+and loads into each rollout actor itself: the driver only waits for it.
 
 One actor is the learner group here (2 CPU cores); the update is a plain
 function of the batch, so a data-parallel group of these behind DDP is the next
@@ -18,11 +26,12 @@ import copy
 import io
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-from raylm.config import RlConfig
+from raylm.config import ConfigError, RlConfig
 from raylm.rl.grpo import policy_loss
 from raylm.storage import Storage
 
@@ -69,6 +78,17 @@ def demo_loss(model, sequences: torch.Tensor, mask: torch.Tensor, num_tokens: fl
     return nats.sum() / (num_tokens if num_tokens is not None else mask.sum().clamp(min=1))
 
 
+def learner_device(cfg: RlConfig) -> torch.device:
+    """rl.learner_device, resolved in the learner's process (Ray shows an actor only the GPUs it reserved)."""
+    if cfg.learner_device == "auto":
+        return torch.device("cuda" if cfg.learner_gpus > 0 and torch.cuda.is_available() else "cpu")
+    if cfg.learner_device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"rl.learner_device is cuda but the learner sees no CUDA device (rl.learner_gpus is "
+                          f"{cfg.learner_gpus:g}; Ray hides GPUs from an actor that reserves none): give the "
+                          f"learner a GPU, or set rl.learner_device to auto or cpu")
+    return torch.device(cfg.learner_device)
+
+
 class Learner:
     def __init__(self, storage: Storage, checkpoint: str, cfg: RlConfig, pad_id: int, track_kl: bool = False,
                  demo_coef: float = 0.0):
@@ -77,14 +97,20 @@ class Learner:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         torch.manual_seed(cfg.seed)
         self.storage, self.cfg, self.pad_id, self.demo_coef = storage, cfg, pad_id, demo_coef
-        self.model = load_pretrained(storage.local(checkpoint)).train()
+        self.device = learner_device(cfg)
+        self.model = load_pretrained(storage.local(checkpoint), device=self.device).train()
         self.reference = None
         if cfg.kl_coef > 0 or track_kl:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.best: dict | None = None  # the kept checkpoint (RLHF: the best by a validation signal)
+        # fused: one kernel for the whole step on a GPU; CPU keeps the plain loop (the numerics the tests know)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                                           weight_decay=cfg.weight_decay)
+                                           weight_decay=cfg.weight_decay, fused=self.device.type == "cuda")
         self.step, self.history = 0, []
+
+    def autocast(self):
+        """bf16 matmuls on a GPU (token_logprobs and the losses upcast the logits to fp32); off on CPU."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def restore(self, rel: str) -> tuple[int, list[dict]]:
         """Load a saved state if there is one; returns (the step to continue from, the metrics so far)."""
@@ -105,8 +131,10 @@ class Learner:
         self.storage.write_bytes(rel, buffer.getvalue())
 
     def keep_best(self, step: int) -> None:
-        """Remember the current weights as the checkpoint to keep (in memory, and in the next save)."""
-        self.best = {"step": step, "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+        """Remember the current weights as the checkpoint to keep (in memory, and in the next save); on CPU, so
+        the copy takes no accelerator memory."""
+        self.best = {"step": step, "model": {k: v.detach().to("cpu", copy=True)
+                                             for k, v in self.model.state_dict().items()}}
 
     def restore_best(self) -> int:
         """Roll the policy back to the kept weights; returns their step."""
@@ -116,7 +144,17 @@ class Learner:
     def weights(self) -> bytes:
         from raylm.rl.weight_sync import pack
 
-        return pack(self.model)
+        return pack(self.model, self.cfg.sync_dtype)
+
+    def push_weights(self, workers: list) -> dict:
+        """Load the policy into every rollout actor (RolloutWorker handles) straight from here: the blob goes
+        into the object store from this process, so it never travels through the driver. Returns the seconds
+        spent packing (pack_s) and pushing until the slowest actor has reloaded (reload_s)."""
+        from raylm.rl.rollout import push
+
+        start = time.perf_counter()
+        blob = self.weights()
+        return {"pack_s": time.perf_counter() - start, "reload_s": push(workers, blob)}
 
     def update(self, batch: list[dict], demos: list[tuple[list[int], list[int]]] | None = None) -> dict:
         """GRPO on one batch of samples: `updates_per_batch` passes, micro-batched, one optimizer step each.
@@ -129,13 +167,15 @@ class Learner:
         if not batch:
             return {"loss": 0.0, "trained_samples": 0}
         micro = s.micro_batch
-        chunks = [collate(batch[i:i + micro], self.pad_id) for i in range(0, len(batch), micro)]
+        to = lambda tensors: tuple(t.to(self.device) for t in tensors)  # noqa: E731
+        chunks = [to(collate(batch[i:i + micro], self.pad_id)) for i in range(0, len(batch), micro)]
         num_tokens = float(sum(mask.sum() for _, mask, _ in chunks))
-        demo_chunks = [collate_demos(demos[i:i + micro], self.pad_id)
+        demo_chunks = [to(collate_demos(demos[i:i + micro], self.pad_id))
                        for i in range(0, len(demos), micro)] if demos and self.demo_coef > 0 else []
         demo_tokens = float(sum(mask.sum() for _, mask in demo_chunks))
         reuse = s.updates_per_batch > 1
-        with torch.no_grad():  # the sampling policy's log-probs (recomputed here: exactly the learner's numerics)
+        # the sampling policy's log-probs (recomputed here: exactly the learner's numerics)
+        with torch.no_grad(), self.autocast():
             # used once, a batch's sampling policy is the live one: its log-probs are the forward pass's own
             old = [token_logprobs(self.model, seqs, s.temperature) for seqs, _, _ in chunks] \
                 if reuse else [None] * len(chunks)
@@ -144,10 +184,11 @@ class Learner:
         stats = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "kl_seq": 0.0}
         for _ in range(s.updates_per_batch):
             for (seqs, mask, adv), old_lp, ref_lp in zip(chunks, old, ref):
-                logprobs = token_logprobs(self.model, seqs, s.temperature)
-                old_lp = logprobs.detach() if old_lp is None else old_lp
-                loss, part = policy_loss(logprobs, old_lp, adv, mask, s.clip_eps, ref_lp, s.kl_coef,
-                                         num_tokens=num_tokens)
+                with self.autocast():  # the forward only: backward outside autocast, as torch advises
+                    logprobs = token_logprobs(self.model, seqs, s.temperature)
+                    old_lp = logprobs.detach() if old_lp is None else old_lp
+                    loss, part = policy_loss(logprobs, old_lp, adv, mask, s.clip_eps, ref_lp, s.kl_coef,
+                                             num_tokens=num_tokens)
                 loss.backward()
                 share = float(mask.sum()) / num_tokens / s.updates_per_batch
                 stats["loss"] += float(loss.detach()) / s.updates_per_batch
@@ -155,7 +196,8 @@ class Learner:
                 stats["kl"] += part.get("kl", 0.0) * share
                 stats["kl_seq"] += part.get("kl_sum", 0.0) / len(batch) / s.updates_per_batch
             for seqs, mask in demo_chunks:
-                nll = demo_loss(self.model, seqs, mask, num_tokens=demo_tokens)
+                with self.autocast():
+                    nll = demo_loss(self.model, seqs, mask, num_tokens=demo_tokens)
                 (self.demo_coef * nll).backward()
                 stats["ptx_nll"] = stats.get("ptx_nll", 0.0) + float(nll.detach()) / s.updates_per_batch
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),

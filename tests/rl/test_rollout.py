@@ -1,4 +1,5 @@
-"""Rollout actors: after a weight push, vLLM (and the torch engine) generate what raylm's engine generates."""
+"""Rollout actors: after a weight push, in fp32 or bf16, vLLM (and the torch engine) generate what raylm's engine
+generates."""
 
 from __future__ import annotations
 
@@ -52,6 +53,16 @@ def test_weight_push_then_greedy_matches_the_torch_engine(ray_session, checkpoin
         after = [g[0].ids for g in groups]
         assert after == Engine(changed).generate(PROMPTS, 12, temperature=0, stop_ids=(EOS,))
         assert after != before and seconds < 30
+
+        # bf16 (rl.sync_dtype): half the bytes; the engine upcasts to its fp32. Compared with the learner's own
+        # fp32 model, not a bf16-rounded copy: with the x20 sharpening, the rounding changes no greedy choice
+        learner_side = sharp_model(2)
+        blob = pack(learner_side, "bfloat16")
+        assert len(blob) < 0.55 * len(pack(learner_side))
+        pool.load_weights(blob)
+        assert [g[0].ids for g in pool.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=12)] == \
+            Engine(learner_side).generate(PROMPTS, 12, temperature=0, stop_ids=(EOS,))
+        pool.load_weights(pack(changed))  # back to the fp32 weights for the sampling checks below
         for group in groups:  # log-probabilities come with the samples
             assert len(group[0].logprobs) == len(group[0].ids) and all(lp <= 1e-4 for lp in group[0].logprobs)
 
