@@ -87,7 +87,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, messages:
         return {"ok": False, "error": repr(err)}
     end = time.perf_counter()
     return {"ok": True, "latency": end - start, "ttft": (first or end) - start, "tokens": tokens,
-            "text": "".join(text)}
+            "text": "".join(text), "sent": start}
 
 
 async def load(url: str, model: str, prompts: list[list[dict]], concurrency: int, max_tokens: int) -> dict:
@@ -103,6 +103,9 @@ async def load(url: str, model: str, prompts: list[list[dict]], concurrency: int
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        for r in results:  # when each request was sent, from the start of the run
+            if "sent" in r:
+                r["sent"] -= start
         return {"wall": time.perf_counter() - start, "results": results}
 
 
@@ -127,6 +130,9 @@ def summarize(runs: list[dict], concurrency: int) -> dict:
             "mean_output_tokens": statistics.mean(r["tokens"] for r in ok) if ok else 0,
             "latency_p50_s": pct(latencies, 0.5), "latency_p99_s": pct(latencies, 0.99),
             "ttft_p50_s": pct(ttfts, 0.5), "ttft_p99_s": pct(ttfts, 0.99),
+            # the slowest first tokens as (run, seconds into the run it was sent, ttft): where the tail comes from
+            "ttft_slowest": sorted(([i, round(r["sent"], 3), round(r["ttft"], 3)] for i, run in enumerate(runs)
+                                    for r in run["results"] if r.get("ok")), key=lambda x: -x[2])[:8],
             "texts": [r.get("text") for r in runs[0]["results"]]}
 
 
