@@ -168,6 +168,7 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> flo
 # engine core moved onto its worker's cores as raylm does (raylm/serve/placement.py, applied from outside).
 SERVERS = {"raylm": [], "raylm-baseline": [], "raylm-per-token": ["-o", "serve.stream_interval_ms=0"], "raylm-python-proxy": [],
            "raylm-uncolocated": ["-o", "serve.colocate_engine_core=false"],
+           "raylm-colocate1": ["-o", "serve.colocate_from_requests=1"],
            "vllm": [], "vllm-interval4": ["--stream-interval", "4"], "vllm-colocated": []}
 SERVER_ENV = {"raylm-python-proxy": {"RAY_SERVE_ENABLE_HA_PROXY": "0"}}
 

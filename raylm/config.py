@@ -377,6 +377,9 @@ class ServeConfig(Strict):
     kv_cache_gib: int = Field(1, ge=1, description="vLLM's KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
     colocate_engine_core: bool = Field(True, description="CPU: run vLLM's engine core on its worker's cores "
                                        "(they take turns), leaving the rest to HTTP (raylm/serve/placement.py)")
+    colocate_from_requests: int = Field(1, ge=1, description="CPU: the engine core moves onto its worker's "
+                                        "cores while at least this many requests run; 1 (any request) measured "
+                                        "best (benchmarks/RESULTS.md, 'Time to first token')")
 
 
 class RunConfig(Strict):

@@ -93,7 +93,8 @@ class Assistant:
             self.tools["search"] = SearchIndex(search_db).search
         self.system = default_system(settings, "search" in self.tools)
         self.engine = make_engine(settings.engine, str(folder.resolve()), self.context_len, settings.kv_cache_gib,
-                                  colocate_engine_core=settings.colocate_engine_core)
+                                  colocate_engine_core=settings.colocate_engine_core,
+                                  colocate_from_requests=settings.colocate_from_requests)
 
     def _budget(self, prompt: list[int], requested: int | None) -> int:
         room = self.context_len - len(prompt)

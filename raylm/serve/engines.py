@@ -35,7 +35,7 @@ class VllmAsyncEngine:
     name = "vllm"
 
     def __init__(self, checkpoint: str, max_model_len: int, kv_cache_gib: int = 1, seed: int = 0,
-                 colocate_engine_core: bool = True):
+                 colocate_engine_core: bool = True, colocate_from_requests: int = 1):
         import torch
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # CPU: KV cache size, GiB
@@ -57,7 +57,7 @@ class VllmAsyncEngine:
         if colocate_engine_core and not self.on_gpu:
             from raylm.serve.placement import EngineCorePlacement
 
-            self.placement = EngineCorePlacement()
+            self.placement = EngineCorePlacement(busy=colocate_from_requests)
             if self.placement.enabled:
                 print(f"[serve] vLLM engine core joins its worker's CPUs {self.placement.worker_cpus} while "
                       f"{self.placement.busy}+ requests run", flush=True)
@@ -206,7 +206,8 @@ _END = object()
 
 
 def make_engine(kind: str, checkpoint: str, max_model_len: int, kv_cache_gib: int = 1, seed: int = 0,
-                colocate_engine_core: bool = True):
+                colocate_engine_core: bool = True,
+                colocate_from_requests: int = 1):
     from raylm.rl.rollout import vllm_available
 
     if kind == "vllm" and not vllm_available():
@@ -215,4 +216,4 @@ def make_engine(kind: str, checkpoint: str, max_model_len: int, kv_cache_gib: in
     if kind == "torch":
         return TorchAsyncEngine(checkpoint, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, seed=seed)
     return VllmAsyncEngine(checkpoint, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, seed=seed,
-                           colocate_engine_core=colocate_engine_core)
+                           colocate_engine_core=colocate_engine_core, colocate_from_requests=colocate_from_requests)

@@ -2,7 +2,7 @@
 
     from raylm.serve.placement import EngineCorePlacement
     placement = EngineCorePlacement()    # after the engine started, in the process that started it
-    placement.update(ongoing_requests)   # on the worker's cores from 2 requests in flight, else anywhere
+    placement.update(ongoing_requests)   # on the worker's cores while requests are in flight, else anywhere
 
 vLLM on CPU runs three processes: the frontend (here: the Serve replica), the
 engine core (scheduler) and a worker (the model), whose threads vLLM binds to
@@ -14,10 +14,14 @@ the OS scheduler, the engine core shares the free cores with the HTTP frontend
 and the clients, and every step waits for it to get a turn there. On the
 worker's cores it runs exactly when the worker does not, and the other cores
 are left to HTTP. On the 2-core VM that took vLLM's own server from ~12 to
-~45 req/s at 8 clients, but cost a single request ~20% (the hand-off is quicker
-with each spinning on its own core), so the replica moves the engine core only
-while two or more requests run (benchmarks/RESULTS.md, "Serving");
-`serve.colocate_engine_core` turns it off. Not on GPU: there the engine core
+~45 req/s at 8 clients. The replica moves the engine core while at least
+`serve.colocate_from_requests` requests run (default 1: any) and lets it go when
+the engine is idle. A threshold of 2 (the earlier default, for a ~20% quicker
+hand-off with one request) left the core spinning beside HTTP whenever a burst
+began from one request or none, and the first tokens of the burst waited for the
+frontend's core: p99 time to first token at 32 clients 553 ms against 199 ms with
+1, and 88 ms against 14 ms median at one client (benchmarks/RESULTS.md, "Time to
+first token"); `serve.colocate_engine_core` turns moving off. Not on GPU: there the engine core
 prepares the next step while the GPU runs the last one.
 """
 
@@ -36,13 +40,11 @@ class EngineCorePlacement:
     """Moves vLLM's engine core(s) under `parent` (default: this process) onto its workers' CPUs while at
     least `busy` requests run, and back onto every CPU this process may use when fewer do.
 
-    With one request in flight there is no batch to win and the hand-off between engine core and worker
-    is quicker on separate cores (each spins on its own); from two on, sharing the worker's cores wins
-    (benchmarks/RESULTS.md). `enabled` is False when there is nothing to move: no engine core or worker
-    found, or workers that may run on every CPU anyway.
+    `enabled` is False when there is nothing to move: no engine core or worker found, or workers
+    that may run on every CPU anyway.
     """
 
-    def __init__(self, parent: int | None = None, busy: int = 2):
+    def __init__(self, parent: int | None = None, busy: int = 1):
         root = psutil.Process(parent or os.getpid())
         family = root.children(recursive=True)
         self.cores, workers = named(family, ENGINE_CORE), named(family, WORKER)
