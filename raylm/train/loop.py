@@ -115,13 +115,14 @@ def train_loop(config: LoopConfig) -> None:
         model, wrapped, optimizer, start, history = build(config, device, world)
     parallelism = config.train.parallelism
 
-    def report(metrics: dict, step: int, save: bool) -> None:
+    def report(metrics: dict, step: int, save: bool, full_model: dict | None = None) -> None:
         history.append(metrics)
         if not save:
             ray.train.report(metrics)
             return
-        # FSDP: every rank writes its shards; the final checkpoint also holds the whole model for the export
-        full = full_model_state(model, parallelism) if parallelism == "fsdp" and step == config.train.steps else None
+        # FSDP: every rank writes its shards; the final checkpoint also holds the whole model (gathered by
+        # the loop) for the export
+        full = full_model if step == config.train.steps else None
         with tempfile.TemporaryDirectory() as tmp:
             meta = {"step": step, "metrics": metrics, "history": history, "model_config": model.cfg.model_dump()}
             save_checkpoint(Path(tmp), model, optimizer, parallelism, rank, meta, full_model=full)
@@ -158,7 +159,9 @@ def build(config: LoopConfig, device: torch.device, world: int = 1, checkpoint: 
 
 def run(config: LoopConfig, model: GPT, wrapped, optimizer, start: int, rank: int, world: int, device, report,
         restored: bool = False) -> None:
-    """The loop proper; `wrapped` is what build() returned (DDP, the sharded model, or the model itself)."""
+    """The loop proper; `wrapped` is what build() returned (DDP, the sharded model, or the model itself).
+    `report(metrics, step, save, full_model)` is called at log, eval and checkpoint steps; `full_model` is the
+    gathered state dict under FSDP where the loop gathered one (rank 0), else None."""
     cfg = config.train
     cuda = device.type == "cuda"
     fsdp = cfg.parallelism == "fsdp"
@@ -221,20 +224,18 @@ def run(config: LoopConfig, model: GPT, wrapped, optimizer, start: int, rank: in
             if rank == 0:
                 print(f"{tag} step {done} val loss {metrics['val_loss']:.4f} "
                       f"val bpb {metrics['val_bpb']:.4f}", flush=True)
-        if show:
-            plain = gathered_model(model, config) if fsdp else model  # FSDP: every rank joins the gather
-            if rank == 0:
-                for prompt, text in sample(plain, config).items():
-                    print(f"{tag} sample {prompt!r} -> {text!r}", flush=True)
+        # FSDP: the whole model, for the samples and the final checkpoint, gathered once (every rank joins;
+        # only rank 0 receives it)
+        full = full_model_state(model, "fsdp") if fsdp and (show or (save and done == steps)) else None
+        if show and rank == 0:
+            for prompt, text in sample(plain_copy(full, config) if fsdp else model, config).items():
+                print(f"{tag} sample {prompt!r} -> {text!r}", flush=True)
         if log or evaluate_now or save:  # a report is a sync point: not every step
-            report(metrics, done, save)
+            report(metrics, done, save, full)
 
 
-def gathered_model(model: GPT, config: LoopConfig) -> GPT | None:
-    """A plain copy of an FSDP-sharded model on rank 0's CPU (None elsewhere); every rank must call it."""
-    state = full_model_state(model, "fsdp")
-    if not state:
-        return None
+def plain_copy(state: dict, config: LoopConfig) -> GPT:
+    """An unsharded model on CPU from a gathered state dict (rank 0's, under FSDP)."""
     plain = GPT(config.model)
     plain.load_state_dict(state)
     return plain
@@ -264,5 +265,5 @@ def run_without_ray(config: LoopConfig) -> list[dict]:
     """One process, no Ray: the baseline of benchmarks/pretrain_cpu.py and a test harness."""
     device = torch.device("cuda" if torch.cuda.is_available() and config.train.use_gpu else "cpu")
     model, wrapped, optimizer, start, history = build(config, device)
-    run(config, model, wrapped, optimizer, start, 0, 1, device, lambda m, step, save: history.append(m))
+    run(config, model, wrapped, optimizer, start, 0, 1, device, lambda m, step, save, full=None: history.append(m))
     return history

@@ -25,7 +25,8 @@ def _trial(params: dict, base: LoopConfig) -> None:
     torch.set_num_threads(1)
     device = torch.device("cuda" if config.train.use_gpu and torch.cuda.is_available() else "cpu")
     model, wrapped, optimizer, start, _ = build(config, device)
-    run(config, model, wrapped, optimizer, start, 0, 1, device, lambda metrics, step, save: tune.report(metrics))
+    run(config, model, wrapped, optimizer, start, 0, 1, device,
+        lambda metrics, step, save, full=None: tune.report(metrics))
 
 
 def run_sweep(cfg: PretrainConfig, tokenizer: StepResult, tune_rel: str, lrs: list[float],
