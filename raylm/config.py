@@ -197,6 +197,9 @@ class SftConfig(TrainConfig):
     warmup_steps: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     data_seed: int = Field(1, description="seed of the generated conversations (eval uses other seeds)")
+    pretrain_mix: float = Field(0.0, ge=0, lt=1, description="share of SFT train rows cut from the pretraining "
+                                "train shards and trained on every token, so SFT keeps modelling the web "
+                                "(PPO-ptx's idea); val rows stay conversations only")
 
 
 class RlConfig(Strict):

@@ -76,7 +76,7 @@ def _pretrain(cfg: RunConfig, inputs: Inputs, work: Work, key: str) -> dict:
 def _sft(cfg: RunConfig, inputs: Inputs, work: Work, key: str) -> dict:
     from raylm.train.sft import run_sft
 
-    return run_sft(cfg.sft, inputs["pretrain"], work, f"{cfg.name}/ray_train", key)
+    return run_sft(cfg.sft, inputs["pretrain"], inputs["tokenizer"], work, f"{cfg.name}/ray_train", key)
 
 
 def _rl(cfg: RunConfig, inputs: Inputs, work: Work, key: str) -> dict:
@@ -126,7 +126,8 @@ GRAPH: dict[str, Step] = {step.name: step for step in [
     Step("search", ("data",), _search, "SQLite FTS5 index of the corpus for the search tool"),
     Step("tokenizer", ("data",), _tokenizer, "byte-level BPE on the corpus; token shards (Ray Data)"),
     Step("pretrain", ("tokenizer",), _pretrain, "next-token pretraining on Ray Train; HF checkpoint"),
-    Step("sft", ("pretrain",), _sft, "supervised fine-tuning on conversations (Ray Train); chat checkpoint"),
+    Step("sft", ("pretrain", "tokenizer"), _sft,
+         "supervised fine-tuning on conversations (Ray Train); chat checkpoint"),
     Step("rl", ("sft",), _rl, "GRPO on verifiable tasks: vLLM rollout actors + a learner actor"),
     Step("preferences", ("sft",), _preferences, "k answers per open-ended prompt from the SFT model, ranked "
          "(synthetic rater, or people with `raylm label`) into the label database"),

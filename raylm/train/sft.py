@@ -10,6 +10,12 @@ seq_len + 1 tokens (padding masked out): no conversation is ever cut in half, so
 the model always sees the system message its answer must follow. The rows go to
 the shared training loop (raylm/train/loop.py) through Ray Train, starting from
 the base checkpoint; the result is exported in HF layout with a chat template.
+
+With `sft.pretrain_mix` > 0 that share of the train rows are windows of the
+pretraining *train* shards, trained on every token (InstructGPT's PPO-ptx idea
+applied to SFT): without them SFT forgets the web (val bits per byte 2.2 -> 4.7,
+benchmarks/RESULTS.md). Val rows stay conversations only, and no val shard is
+ever read, so the eval's val bits per byte stays held out.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from raylm.tasks import generate_tasks
 from raylm.tasks.conversations import load_conversations
 from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import ChatFormat
+from raylm.tokenizer.shards import load_shards
 from raylm.train.loop import LoopConfig
 from raylm.train.pretrain import token_byte_lengths
 from raylm.train.trainer import fit, model_from_state, plot_losses
@@ -50,8 +57,37 @@ def pack(rendered: list[tuple[list[int], list[int]]], row_len: int, pad_id: int)
     return np.array(rows, dtype=np.int32), np.array(masks, dtype=np.uint8)
 
 
-def build_sft_data(cfg: SftConfig, tokenizer_dir: Path, out_dir: Path) -> dict:
-    """Render, split and pack the SFT conversations into out_dir/{train,val}.npz; returns counts."""
+def pretrain_rows(shards: list[np.ndarray], count: int, row_len: int, seed: int) -> np.ndarray:
+    """`count` rows of `row_len` consecutive tokens cut from the shards (memmaps: only the rows are
+    read), in a seeded order that goes through every window before any repeats (the tiny corpus is
+    smaller than the mix asks for). A shard's tail shorter than a row is left out."""
+    windows = [(s, offset) for s, shard in enumerate(shards) for offset in range(0, len(shard) - row_len + 1, row_len)]
+    if not windows:
+        raise ValueError(f"sft.pretrain_mix: the pretraining train shards hold no row of {row_len} tokens")
+    rng, order = np.random.default_rng(seed), []
+    while len(order) < count:
+        order.extend(rng.permutation(len(windows)).tolist())
+    rows = np.empty((count, row_len), dtype=np.int32)
+    for row, w in zip(rows, order[:count]):
+        shard, offset = windows[w]
+        row[:] = shards[shard][offset:offset + row_len]
+    return rows
+
+
+def train_shard_names(shards: dict) -> list[str]:
+    """The tokenizer's train shards, refusing any that is also listed as val: the eval's val bits per
+    byte must stay held out from SFT exactly as from pretraining."""
+    train, val = shards["train"]["shards"], set(shards["val"]["shards"])
+    leaked = [name for name in train if name in val]
+    if leaked:
+        raise AssertionError(f"sft.pretrain_mix: shards listed as both train and val: {leaked}")
+    return list(train)
+
+
+def build_sft_data(cfg: SftConfig, tokenizer_dir: Path, out_dir: Path,
+                   pretrain_shards: list[np.ndarray] | None = None) -> dict:
+    """Render, split and pack the SFT conversations into out_dir/{train,val}.npz, adding
+    `cfg.pretrain_mix` of the train rows from `pretrain_shards` (train shards only); returns counts."""
     chat = ChatFormat(load(tokenizer_dir))
     conversations = [(t.family, t.conversation()) for t in generate_tasks(cfg.mix, cfg.data_seed)]
     for path in cfg.conversations:
@@ -71,23 +107,39 @@ def build_sft_data(cfg: SftConfig, tokenizer_dir: Path, out_dir: Path) -> dict:
             rendered.append((out.ids, out.mask))
             counts["families"][family] = counts["families"].get(family, 0) + 1
         tokens, mask = pack(rendered, cfg.seq_len + 1, pad)
-        np.savez(out_dir / f"{split}.npz", tokens=tokens, mask=mask)
         counts[split] = {"conversations": len(rendered), "rows": len(tokens),
                          "trained_tokens": int(mask.sum()), "fill": float((tokens != pad).mean())}
+        if split == "train" and cfg.pretrain_mix > 0:
+            if not pretrain_shards:
+                raise ValueError("sft.pretrain_mix > 0 needs the pretraining train shards")
+            web = pretrain_rows(pretrain_shards, round(len(tokens) * cfg.pretrain_mix / (1 - cfg.pretrain_mix)),
+                                cfg.seq_len + 1, cfg.data_seed)
+            tokens, mask = np.concatenate([tokens, web]), np.concatenate([mask, np.ones_like(web, np.uint8)])
+            counts[split].update(pretrain_rows=len(web), pretrain_tokens=int(web.size))
+        np.savez(out_dir / f"{split}.npz", tokens=tokens, mask=mask)
     return counts
 
 
-def run_sft(cfg: SftConfig, pretrain: StepResult, work: Work, train_rel: str, key: str) -> dict:
-    """`train_rel`: the run's Ray Train folder in storage; `key`: this step's digest (names the Ray Train run)."""
+def run_sft(cfg: SftConfig, pretrain: StepResult, tokenizer: StepResult, work: Work, train_rel: str,
+            key: str) -> dict:
+    """`tokenizer`: the step whose train shards feed `sft.pretrain_mix`; `train_rel`: the run's Ray Train
+    folder in storage; `key`: this step's digest (names the Ray Train run)."""
     storage, base_rel = work.storage, f"{pretrain.rel}/hf"
     base_dir = storage.local(base_rel)
     model_config = from_hf_config(json.loads((base_dir / "config.json").read_text()))
     if cfg.seq_len > model_config.max_seq_len:
         raise ValueError(f"sft.seq_len {cfg.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len}")
-    counts = build_sft_data(cfg, base_dir, work.local)
+    web = None
+    if cfg.pretrain_mix > 0:
+        shards = train_shard_names(tokenizer.metrics["shards"])
+        web = load_shards(tokenizer.storage, f"{tokenizer.rel}/shards", shards)
+    counts = build_sft_data(cfg, base_dir, work.local, web)
     print(f"[sft] {counts['train']['conversations']} train / {counts['val']['conversations']} val conversations "
           f"in {counts['train']['rows']} rows ({counts['train']['fill']:.0%} filled), "
           f"{counts['too_long']} too long for {cfg.seq_len} tokens", flush=True)
+    if web is not None:
+        print(f"[sft] + {counts['train']['pretrain_rows']} rows of pretraining text ({cfg.pretrain_mix:.0%} of "
+              f"the train rows, every token trained) from {len(web)} train shards", flush=True)
     config = LoopConfig(
         step_name="sft", train=cfg, model=model_config, storage=storage.cfg, data="rows",
         train_files=[work.publish("train.npz")], val_files=[work.publish("val.npz")],

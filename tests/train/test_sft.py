@@ -12,7 +12,8 @@ from raylm.config import SftConfig, StorageConfig
 
 @pytest.fixture(scope="module")
 def base_and_sft(sample_tokenizer, tmp_path_factory):
-    """A freshly initialised base model (pretraining is tested elsewhere) and its SFT on two short families."""
+    """A freshly initialised base model (pretraining is tested elsewhere) and its SFT on two short families,
+    a quarter of its train rows cut from the sample tokenizer's pretraining shards."""
     from raylm.model.gpt import GPT, GPTConfig
     from raylm.model.hf import save_pretrained
     from raylm.runs import StepResult, run_step
@@ -26,10 +27,11 @@ def base_and_sft(sample_tokenizer, tmp_path_factory):
                                          max_seq_len=128)), root / "base" / "hf",
                            tokenizer_dir=sample_tokenizer.storage.local(sample_tokenizer.rel))
     cfg = SftConfig(mix={"identity": 300, "unknown_entities": 300}, seq_len=128, steps=120, batch_size=8,
-                    lr=3e-3, warmup_steps=10, log_every=20, eval_every=60, checkpoint_every=60)
+                    lr=3e-3, warmup_steps=10, log_every=20, eval_every=60, checkpoint_every=60,
+                    pretrain_mix=0.25)
     pretrain = StepResult(storage, "base", {"config_hash": "base", "metrics": {}}, skipped=True)
     step = run_step("sft", storage, "sft", "sft-test",
-                    lambda work: run_sft(cfg, pretrain, work, "ray_train", "sft-test"))
+                    lambda work: run_sft(cfg, pretrain, sample_tokenizer, work, "ray_train", "sft-test"))
     return base, root / "sft" / "hf", step.metrics
 
 
@@ -43,6 +45,8 @@ def test_sft_learns_on_assistant_tokens_and_exports_a_chat_model(base_and_sft):
     data = result["data"]
     assert data["too_long"] == 0 and data["train"]["rows"] < data["train"]["conversations"]  # packed
     assert 0 < data["train"]["trained_tokens"] < 0.6 * data["train"]["rows"] * 129  # only assistant tokens
+    assert data["train"]["pretrain_rows"] == round(data["train"]["rows"] / 3)  # 25% of all train rows
+    assert "pretrain_rows" not in data["val"]
     assert AutoTokenizer.from_pretrained(sft).chat_template
 
 
@@ -80,3 +84,45 @@ def test_chat_cli_streams_a_reply(base_and_sft):
     assert transcript.count("assistant> ") == 2 and "(new conversation)" in transcript
     assert messages[0]["content"].startswith("You are Quorel") and messages[-1]["role"] == "assistant"
     assert messages[-1]["content"].startswith("I ")  # the learned opening of both families' answers
+
+
+def test_pretrain_mix_rows_come_from_train_shards_only(base_and_sft, sample_tokenizer):
+    """The mixed-in rows are windows of the train shards, trained on every token; no val text enters."""
+    import numpy as np
+
+    from raylm.tokenizer.shards import load_shards
+
+    _, sft, result = base_and_sft
+    packed = np.load(sft.parent / "train.npz")
+    web = int(result["data"]["train"]["pretrain_rows"])
+    rows, mask = packed["tokens"][-web:], packed["mask"][-web:]
+    assert mask.all() and packed["mask"][:-web].mean() < 0.6  # every token trained vs assistant tokens only
+    shards = sample_tokenizer.metrics["shards"]
+    folder = f"{sample_tokenizer.rel}/shards"
+    train = np.concatenate(load_shards(sample_tokenizer.storage, folder, shards["train"]["shards"]))
+
+    def occurs(row, stream):
+        starts = np.flatnonzero(stream[: len(stream) - len(row) + 1] == row[0])
+        return any(np.array_equal(stream[s:s + len(row)], row) for s in starts)
+
+    # windows of the train shards only (val shards never read; this fixture skips dedup, so the
+    # crawl's mirrored pages put some of the same text in both splits, which a search cannot tell apart)
+    assert all(occurs(row, train) for row in rows)
+    assert len({tuple(row) for row in rows}) == len(rows)  # fewer rows than windows: none repeated
+
+
+def test_pretrain_rows_cycle_through_every_window_and_refuse_val_shards():
+    import numpy as np
+
+    from raylm.train.sft import pretrain_rows, train_shard_names
+
+    rows = pretrain_rows([np.arange(600), np.arange(600, 1050)], 25, 100, seed=3)
+    starts = rows[:, 0].tolist()
+    assert sorted(starts[:10]) == list(range(0, 1000, 100))  # 10 whole windows (each shard's tail unused)
+    assert sorted(starts[10:20]) == list(range(0, 1000, 100)) and starts[:10] != starts[10:20]
+    assert (rows == rows[:, :1] + np.arange(100)).all()  # each row is one consecutive window
+    with pytest.raises(ValueError, match="no row of 100 tokens"):
+        pretrain_rows([np.arange(50)], 1, 100, seed=0)
+    listing = {"train": {"shards": ["train_a.bin", "val_b.bin"]}, "val": {"shards": ["val_b.bin"]}}
+    with pytest.raises(AssertionError, match="val_b.bin"):
+        train_shard_names(listing)
