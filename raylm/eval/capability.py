@@ -15,7 +15,10 @@ the search tool serves each task's own documents. Metrics:
 - tool_call_validity: search questions answered by a well-formed call of a known tool;
 - protocol_adherence: replies that end their turn with <|im_end|> and nothing malformed;
 - poem_gold_score: the poem family's gold judge (raylm/tasks/poem.py), mean score over a flawless poem's;
-- val_bpb: bits per byte on the pretraining val shards (the base model's yardstick).
+- val_bpb: bits per byte on the pretraining val shards (the base model's yardstick);
+- english_bpb, english_shuffled_bpb, english_word_order: bits per byte on held-out English
+  documentation from outside the crawl, on the same words shuffled, and their ratio
+  (raylm/eval/english.py: below 1 only as far as the model knows word order).
 
 Each metric is a mean over tasks; the result also keeps the per-task values
 (`scores`, in task order) and a bootstrap 95% interval per metric (`ci95`), so the
@@ -32,6 +35,7 @@ from pathlib import Path
 import torch
 
 from raylm.config import EvalConfig
+from raylm.eval.english import english_bpb
 from raylm.eval.stats import mean_interval
 from raylm.model.engine import Engine
 from raylm.model.hf import load_pretrained
@@ -113,6 +117,7 @@ def evaluate_checkpoint(checkpoint: Storage, cfg: EvalConfig, val_shards: list[S
     metrics = {name: sum(v) / len(v) if v else math.nan for name, v in scores.items()}
     intervals = {name: list(mean_interval(v)) for name, v in scores.items()}
     metrics["val_bpb"] = val_bpb(model, folder, val_shards, seq_len) if val_shards else math.nan
+    metrics.update(english_bpb(model, folder, seq_len))
     examples = {}
     for t, r in zip(tasks, replies):
         examples.setdefault(t.family, {"prompt": t.messages[-1]["content"], "reply": r.text})

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from raylm.eval.stats import paired_difference
 
-LOWER_IS_BETTER = {"false_refusal_rate", "val_bpb", "mean_reply_tokens"}
+LOWER_IS_BETTER = {"false_refusal_rate", "val_bpb", "mean_reply_tokens", "english_bpb", "english_word_order"}
+# Not shares of tasks: printed as plain numbers, without an interval, and left out of the chart.
+PLAIN = {"val_bpb", "english_bpb", "english_shuffled_bpb", "english_word_order"}
 
 
 def label_of(checkpoint: str) -> str:
@@ -38,7 +40,7 @@ def _missing(value) -> bool:
 def _cell(name: str, value, interval=None) -> str:
     if _missing(value):
         return "n/a"
-    if name == "val_bpb":
+    if name in PLAIN:
         return f"{value:.3f}"
     if name == "mean_reply_tokens":
         return f"{value:.1f}" + (f" [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "")
@@ -147,7 +149,7 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [k for k in results[0]["metrics"] if k not in ("val_bpb", "mean_reply_tokens")]
+    names = [k for k in results[0]["metrics"] if k not in PLAIN | {"mean_reply_tokens"}]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(names) * len(results) + 1.5))
     height = 0.8 / len(results)
     for j, r in enumerate(results):
