@@ -243,6 +243,10 @@ class RlConfig(Strict):
     clip_eps: float = Field(0.2, gt=0)
     kl_coef: float = Field(0.0, ge=0, description="KL to the SFT model (k3); 0 disables the reference model")
     updates_per_batch: int = Field(1, ge=1, description=">1 reuses a batch (the ratio clipping then matters)")
+    tools: bool = Field(False, description="tool calls inside rollouts: a sample pauses at <|/tool_call|>, "
+                        "the calculator or search runs, its result is appended (masked out of the loss) and the "
+                        "sample goes on, as in serving and the eval")
+    max_tool_rounds: int = Field(2, ge=1, description="with tools: tool calls per sample at most")
     dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose replies all got the same reward "
                                    "(no signal) and fill the batch from fresh tasks")
     max_sampling_rounds: int = Field(3, ge=1, description="with dynamic_sampling: rollout rounds per step at most")

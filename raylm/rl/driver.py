@@ -28,6 +28,7 @@ from raylm.config import ConfigError, RlConfig
 from raylm.rl.grpo import group_advantages
 from raylm.rl.learner import Learner
 from raylm.rl.rollout import RolloutPool, Sample
+from raylm.rl.tool_calls import task_tools
 from raylm.runs import StepResult, Work
 from raylm.tasks import Task, families, generate_tasks
 from raylm.tokenizer.bpe import load
@@ -56,10 +57,23 @@ def step_tasks(cfg: RlConfig, step: int, refill: int = 0) -> list[Task]:
     return generate_tasks(counts, seed=cfg.seed * 1_000_003 + step + 1_000_000_007 * refill)
 
 
-def pass_at_1(pool: RolloutPool, chat: ChatFormat, tasks: list[Task], max_new_tokens: int) -> dict[str, float]:
+def rollout_tools(cfg: RlConfig, tasks: list[Task]) -> list[dict] | None:
+    """Per task, the tools its rollouts may call (rl.tools), else None."""
+    return [task_tools(t) for t in tasks] if cfg.tools else None
+
+
+def stop_ids(cfg: RlConfig, chat: ChatFormat) -> list[int]:
+    """The rollout engines stop at the end of a turn, and with rl.tools also after a tool call."""
+    return [chat.im_end, chat.call_end] if cfg.tools else [chat.im_end]
+
+
+def pass_at_1(pool: RolloutPool, chat: ChatFormat, tasks: list[Task], max_new_tokens: int,
+              cfg: RlConfig | None = None) -> dict[str, float]:
     from raylm.tasks import check
 
-    groups = pool.generate([chat.prompt(t.messages) for t in tasks], 1, 0.0, max_new_tokens)
+    tools = rollout_tools(cfg, tasks) if cfg else None
+    groups = pool.generate([chat.prompt(t.messages) for t in tasks], 1, 0.0, max_new_tokens, tools=tools,
+                           max_tool_rounds=cfg.max_tool_rounds if cfg else 2)
     right: dict[str, list[bool]] = {}
     for task, group in zip(tasks, groups):
         reply = answer_text(chat.parse(group[0].ids))
@@ -104,7 +118,7 @@ def run_rl(cfg: RlConfig, sft: StepResult, work: Work, state_rel: str) -> dict:
     while True:
         learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=cfg.learner_gpus).remote(
             storage, policy, cfg, chat.tok.token_to_id("<|pad|>"))
-        pool = RolloutPool(cfg.engine, storage, policy, cfg.num_rollout_workers, [chat.im_end], cfg.rollout_cpus,
+        pool = RolloutPool(cfg.engine, storage, policy, cfg.num_rollout_workers, stop_ids(cfg, chat), cfg.rollout_cpus,
                            cfg.rollout_gpus, cfg.kv_cache_gib, cfg.seed, cfg.gpu_memory_utilization)
         try:
             start, history = train(cfg, learner, pool, chat, reward, eval_tasks, state_rel)
@@ -141,7 +155,7 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
     else:
         started = time.perf_counter()
         history.append({"step": 0, "mean_reward": float("nan"),
-                        **pass_at_1(pool, chat, eval_tasks, cfg.max_new_tokens)})
+                        **pass_at_1(pool, chat, eval_tasks, cfg.max_new_tokens, cfg)})
         print(f"[rl] {pool.engine} rollouts ready; start: " + _fmt(history[0]) +
               f" ({time.perf_counter() - started:.0f}s)", flush=True)
 
@@ -151,10 +165,11 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
 
     for step in range(start, cfg.steps):
         refill = (lambda r, step=step: step_tasks(cfg, step, r)) if cfg.dynamic_sampling else None
-        metrics = grpo_step(cfg, learner, pool, chat, step_tasks(cfg, step), score, step, refill=refill)
+        metrics = grpo_step(cfg, learner, pool, chat, step_tasks(cfg, step), score, step, refill=refill,
+                            tools=cfg.tools)
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            metrics.update(pass_at_1(pool, chat, eval_tasks, cfg.max_new_tokens))
+            metrics.update(pass_at_1(pool, chat, eval_tasks, cfg.max_new_tokens, cfg))
         history.append(metrics)
         print(f"[rl] step {done}/{cfg.steps} " + _fmt(metrics), flush=True)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
@@ -163,7 +178,8 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
 
 
 def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks: list[Task], score,
-              step: int, demos: list[tuple[list[int], list[int]]] | None = None, refill=None) -> dict:
+              step: int, demos: list[tuple[list[int], list[int]]] | None = None, refill=None,
+              tools: bool = False) -> dict:
     """One GRPO step: sample a group per task, score them (`score(tasks, groups) -> ((tasks, group) rewards,
     metrics)`), group-relative advantages, one learner update (with `demos`' SFT loss mixed in, if any), the
     new weights pushed to the rollout engines.
@@ -171,12 +187,15 @@ def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks
     With `refill` (round -> fresh tasks), DAPO's dynamic sampling: a group whose samples all got the same
     reward has zero advantage and carries no signal, so it is dropped and fresh prompts are sampled until
     the batch holds len(tasks) groups that differ, or `rl.max_sampling_rounds` rounds have run. The logged
-    reward stays the first round's, an unbiased sample of the policy."""
+    reward stays the first round's, an unbiased sample of the policy.
+
+    With `tools`, samples run their tool calls mid-reply (raylm/rl/tool_calls.py; the pool must stop at
+    <|/tool_call|>) and the tool results' tokens are masked out of the policy loss."""
     import ray
 
     timings = {"generate_s": 0.0, "score_s": 0.0}
     picked: list[tuple[list[int], list[Sample], torch.Tensor]] = []  # (prompt, group, rewards) to train on
-    tokens = samples = 0
+    tokens = samples = calls = 0
     first: torch.Tensor | None = None
     extra: dict = {}
     for rounds in range(1, (cfg.max_sampling_rounds if refill else 1) + 1):
@@ -184,9 +203,13 @@ def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks
         t0 = time.perf_counter()
         prompts = [chat.prompt(t.messages) for t in drawn]
         groups = pool.generate(prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens,
-                               seed=cfg.seed + step + 1_000_000 * (rounds - 1))
+                               seed=cfg.seed + step + 1_000_000 * (rounds - 1),
+                               tools=[task_tools(t) for t in drawn] if tools else None,
+                               max_tool_rounds=cfg.max_tool_rounds)
         timings["generate_s"] += time.perf_counter() - t0
-        tokens += sum(len(s.ids) for group in groups for s in group)
+        tokens += sum(len(s.ids) if s.mask is None else sum(s.mask) for group in groups for s in group)
+        if tools:
+            calls += sum(s.mask is not None and 0 in s.mask for group in groups for s in group)
         samples += sum(len(group) for group in groups)
         t0 = time.perf_counter()
         rewards, round_extra = score(drawn, groups)
@@ -203,7 +226,7 @@ def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks
     if picked:  # with dynamic sampling, every group of every round may have been uniform: nothing to learn
         advantages = group_advantages(torch.stack([r for _, _, r in picked]))
         t0 = time.perf_counter()
-        batch = [{"prompt": prompt, "response": sample.ids, "advantage": float(advantages[i, j])}
+        batch = [{"prompt": prompt, "response": sample.ids, "advantage": float(advantages[i, j]), "mask": sample.mask}
                  for i, (prompt, group, _) in enumerate(picked) for j, sample in enumerate(group)]
         metrics = ray.get(learner.update.remote(batch, demos))
         timings["train_s"] = time.perf_counter() - t0
@@ -221,6 +244,8 @@ def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks
                    sync_share=timings["sync_s"] / sum(timings.values()))
     if refill:
         metrics.update(sampling_rounds=rounds, trained_groups=len(picked) / len(tasks))
+    if tools:
+        metrics.update(tool_call_share=calls / samples)  # samples that called a tool at least once
     return metrics
 
 
@@ -232,5 +257,7 @@ def _fmt(m: dict) -> str:
                      f"train {m['train_s']:.1f}s sync {m['sync_s']:.2f}s")
     if "sampling_rounds" in m:
         parts.append(f"| {m['sampling_rounds']} sampling rounds, {m['trained_groups']:.0%} of the batch trained")
+    if "tool_call_share" in m:
+        parts.append(f"| {m['tool_call_share']:.0%} of samples called a tool")
     parts += [f"{k} {v:.2f}" for k, v in m.items() if k.startswith("pass@1/")]
     return " ".join(parts)

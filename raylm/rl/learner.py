@@ -43,7 +43,10 @@ def token_logprobs(model, sequences: torch.Tensor, temperature: float) -> torch.
 
 
 def collate(batch: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sequences prompt + response, right-padded; a mask over response targets; per-token advantages."""
+    """Sequences prompt + response, right-padded; a mask over response targets; per-token advantages.
+
+    An item's optional "mask" (one 0/1 per response token) leaves out the tokens the policy did not
+    sample (tool results spliced into a rollout: raylm/rl/tool_calls.py)."""
     length = max(len(item["prompt"]) + len(item["response"]) for item in batch)
     sequences = torch.full((len(batch), length), pad_id, dtype=torch.long)
     mask = torch.zeros(len(batch), length - 1)
@@ -52,7 +55,8 @@ def collate(batch: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor,
         ids = item["prompt"] + item["response"]
         sequences[row, :len(ids)] = torch.tensor(ids)
         start, end = len(item["prompt"]) - 1, len(ids) - 1  # target positions of the response tokens
-        mask[row, start:end] = 1
+        sampled = item.get("mask")
+        mask[row, start:end] = 1 if sampled is None else torch.tensor(sampled, dtype=torch.float)
         advantages[row, start:end] = item["advantage"]
     return sequences, mask, advantages
 

