@@ -200,6 +200,9 @@ class SftConfig(TrainConfig):
     pretrain_mix: float = Field(0.0, ge=0, lt=1, description="share of SFT train rows cut from the pretraining "
                                 "train shards and trained on every token, so SFT keeps modelling the web "
                                 "(PPO-ptx's idea); val rows stay conversations only")
+    pretrain_weight: float = Field(1.0, gt=0, le=1, description="loss weight of each pretraining token against "
+                                   "an assistant token's 1: below 1 the web text regularises without taking "
+                                   "the conversations' share of the gradient")
 
 
 class RlConfig(Strict):

@@ -12,10 +12,11 @@ the shared training loop (raylm/train/loop.py) through Ray Train, starting from
 the base checkpoint; the result is exported in HF layout with a chat template.
 
 With `sft.pretrain_mix` > 0 that share of the train rows are windows of the
-pretraining *train* shards, trained on every token (InstructGPT's PPO-ptx idea
-applied to SFT): without them SFT forgets the web (val bits per byte 2.2 -> 4.7,
-benchmarks/RESULTS.md). Val rows stay conversations only, and no val shard is
-ever read, so the eval's val bits per byte stays held out.
+pretraining *train* shards, trained on every token with loss weight
+`sft.pretrain_weight` (InstructGPT's PPO-ptx idea applied to SFT): without them
+SFT forgets the web (val bits per byte 2.2 -> 5.1, benchmarks/RESULTS.md). Val
+rows stay conversations only, and no val shard is ever read, so the eval's val
+bits per byte stays held out.
 """
 
 from __future__ import annotations
@@ -114,7 +115,10 @@ def build_sft_data(cfg: SftConfig, tokenizer_dir: Path, out_dir: Path,
                 raise ValueError("sft.pretrain_mix > 0 needs the pretraining train shards")
             web = pretrain_rows(pretrain_shards, round(len(tokens) * cfg.pretrain_mix / (1 - cfg.pretrain_mix)),
                                 cfg.seq_len + 1, cfg.data_seed)
-            tokens, mask = np.concatenate([tokens, web]), np.concatenate([mask, np.ones_like(web, np.uint8)])
+            # the mask doubles as a per-token loss weight (token_loss: sum(weight * nats) / sum(weight))
+            dtype = np.uint8 if cfg.pretrain_weight == 1 else np.float16
+            weight = np.full(web.shape, cfg.pretrain_weight, dtype=dtype)
+            tokens, mask = np.concatenate([tokens, web]), np.concatenate([mask, weight])
             counts[split].update(pretrain_rows=len(web), pretrain_tokens=int(web.size))
         np.savez(out_dir / f"{split}.npz", tokens=tokens, mask=mask)
     return counts

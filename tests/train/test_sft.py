@@ -126,3 +126,23 @@ def test_pretrain_rows_cycle_through_every_window_and_refuse_val_shards():
     listing = {"train": {"shards": ["train_a.bin", "val_b.bin"]}, "val": {"shards": ["val_b.bin"]}}
     with pytest.raises(AssertionError, match="val_b.bin"):
         train_shard_names(listing)
+
+
+def test_pretrain_weight_scales_the_web_rows_in_the_loss(sample_tokenizer, tmp_path):
+    import numpy as np
+
+    from raylm.model.gpt import token_loss
+    from raylm.train.sft import build_sft_data
+
+    cfg = SftConfig(mix={"identity": 40}, seq_len=64, pretrain_mix=0.5, pretrain_weight=0.25)
+    folder = sample_tokenizer.storage.local(sample_tokenizer.rel)
+    counts = build_sft_data(cfg, folder, tmp_path, [np.arange(5000, dtype=np.uint16) % 1000])
+    packed = np.load(tmp_path / "train.npz")
+    web = counts["train"]["pretrain_rows"]
+    assert web == counts["train"]["rows"] and (packed["mask"][-web:] == 0.25).all()
+    assert set(np.unique(packed["mask"][:-web]).tolist()) == {0.0, 1.0}
+    # the loop's loss reads the mask as weights: a web token counts a quarter of an assistant token
+    logits, targets = torch.randn(1, 2, 7, generator=torch.Generator().manual_seed(0)), torch.tensor([[3, 5]])
+    nats = torch.nn.functional.cross_entropy(logits[0], targets[0], reduction="none")
+    weights = torch.tensor([[1.0, 0.25]])
+    assert float(token_loss(logits, targets, weights)) == pytest.approx(float((nats * weights[0]).sum() / 1.25))
