@@ -57,9 +57,9 @@ def step_tasks(cfg: RlConfig, step: int, refill: int = 0) -> list[Task]:
     return generate_tasks(counts, seed=cfg.seed * 1_000_003 + step + 1_000_000_007 * refill)
 
 
-def rollout_tools(cfg: RlConfig, tasks: list[Task]) -> list[dict] | None:
-    """Per task, the tools its rollouts may call (rl.tools), else None."""
-    return [task_tools(t) for t in tasks] if cfg.tools else None
+def rollout_tools(tasks: list[Task], enabled: bool) -> list[dict] | None:
+    """Per task, the tools its rollouts may call when tool calls are on (rl.tools), else None."""
+    return [task_tools(t) for t in tasks] if enabled else None
 
 
 def stop_ids(cfg: RlConfig, chat: ChatFormat) -> list[int]:
@@ -67,13 +67,11 @@ def stop_ids(cfg: RlConfig, chat: ChatFormat) -> list[int]:
     return [chat.im_end, chat.call_end] if cfg.tools else [chat.im_end]
 
 
-def pass_at_1(pool: RolloutPool, chat: ChatFormat, tasks: list[Task], max_new_tokens: int,
-              cfg: RlConfig | None = None) -> dict[str, float]:
+def pass_at_1(pool: RolloutPool, chat: ChatFormat, tasks: list[Task], cfg: RlConfig) -> dict[str, float]:
     from raylm.tasks import check
 
-    tools = rollout_tools(cfg, tasks) if cfg else None
-    groups = pool.generate([chat.prompt(t.messages) for t in tasks], 1, 0.0, max_new_tokens, tools=tools,
-                           max_tool_rounds=cfg.max_tool_rounds if cfg else 2)
+    groups = pool.generate([chat.prompt(t.messages) for t in tasks], 1, 0.0, cfg.max_new_tokens,
+                           tools=rollout_tools(tasks, cfg.tools), max_tool_rounds=cfg.max_tool_rounds)
     right: dict[str, list[bool]] = {}
     for task, group in zip(tasks, groups):
         reply = answer_text(chat.parse(group[0].ids))
@@ -155,7 +153,7 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
     else:
         started = time.perf_counter()
         history.append({"step": 0, "mean_reward": float("nan"),
-                        **pass_at_1(pool, chat, eval_tasks, cfg.max_new_tokens, cfg)})
+                        **pass_at_1(pool, chat, eval_tasks, cfg)})
         print(f"[rl] {pool.engine} rollouts ready; start: " + _fmt(history[0]) +
               f" ({time.perf_counter() - started:.0f}s)", flush=True)
 
@@ -169,7 +167,7 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
                             tools=cfg.tools)
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            metrics.update(pass_at_1(pool, chat, eval_tasks, cfg.max_new_tokens, cfg))
+            metrics.update(pass_at_1(pool, chat, eval_tasks, cfg))
         history.append(metrics)
         print(f"[rl] step {done}/{cfg.steps} " + _fmt(metrics), flush=True)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
@@ -204,7 +202,7 @@ def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks
         prompts = [chat.prompt(t.messages) for t in drawn]
         groups = pool.generate(prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens,
                                seed=cfg.seed + step + 1_000_000 * (rounds - 1),
-                               tools=[task_tools(t) for t in drawn] if tools else None,
+                               tools=rollout_tools(drawn, tools),
                                max_tool_rounds=cfg.max_tool_rounds)
         timings["generate_s"] += time.perf_counter() - t0
         tokens += sum(len(s.ids) if s.mask is None else sum(s.mask) for group in groups for s in group)
