@@ -12,7 +12,7 @@ the search tool serves each task's own documents. Metrics:
 - refusal_rate: "I don't know" on questions about made-up people (higher is better);
 - false_refusal_rate: "I don't know" on answerable questions (lower is better);
 - identity_consistency: the name/maker from the system message in the answer;
-- tool_call_validity: search questions answered by a well-formed call of a known tool;
+- tool_call_validity: search and arithmetic questions answered with well-formed calls of known tools;
 - protocol_adherence: replies that end their turn with <|im_end|> and nothing malformed;
 - poem_gold_score: the poem family's gold judge (raylm/tasks/poem.py), mean score over a flawless poem's;
 - val_bpb: bits per byte on the pretraining val shards (the base model's yardstick);

@@ -40,8 +40,17 @@ def test_generation_is_seeded_and_seeds_differ():
 
 
 def test_worked_solutions_show_their_steps():
-    arithmetic = generate_tasks({"arithmetic": 30}, 0)
-    assert all(t.solution[0]["content"].count(" = ") == 2 for t in arithmetic)  # two steps before the answer
+    from raylm.tasks.arithmetic import steps_hold
+    from raylm.tokenizer.chat import call_text
+
+    for task in generate_tasks({"arithmetic": 30}, 0):  # two steps, each computed by the calculator
+        calls = [m for m in task.solution if m.get("tool_calls")]
+        results = [m["content"] for m in task.solution if m["role"] == "tool"]
+        lines = "".join(m["content"] for m in task.solution if m["role"] == "assistant").splitlines()
+        assert len(calls) == len(results) == 2 and lines[-1] == f"Answer: {task.answer}"
+        for call, result, line in zip(calls, results, lines):
+            assert line == f"{call_text(call['tool_calls'][0])[1]} = {result}"  # the line copies the tool's result
+        assert steps_hold(task, "\n".join(lines)) and task.uses_tools
     compare = [t for t in generate_tasks({"compare": 300}, 0) if "Decimals:" in t.solution[0]["content"]]
     assert compare, "the same-whole-part case (9.11 vs 9.9) is generated"
     search = generate_tasks({"search": 20}, 0)
