@@ -30,7 +30,16 @@ def label_of(checkpoint: str) -> str:
 
 
 def _labels(results: list[dict]) -> list[str]:
-    return [r.get("label") or label_of(r["checkpoint"]) for r in results]
+    """Column names; checkpoints of the same step from different runs (runs/a/sft/hf, runs/b/sft/hf) are
+    told apart by their run (a/sft, b/sft), so each gets its own column of paired differences."""
+    labels = [r.get("label") or label_of(r["checkpoint"]) for r in results]
+    repeated = {label for label in labels if labels.count(label) > 1}
+    for i, (label, r) in enumerate(zip(list(labels), results)):
+        if label in repeated and not r.get("label"):
+            path = Path(r["checkpoint"])
+            step = path.parent if path.name == "hf" else path
+            labels[i] = f"{step.parent.name}/{label}"
+    return [label if labels.count(label) == 1 else f"{label} ({i + 1})" for i, label in enumerate(labels)]
 
 
 def _missing(value) -> bool:

@@ -69,3 +69,15 @@ def test_report_pairs_every_column_with_sft_and_prints_the_rl_gain():
     # no shared tasks (another seed) -> nothing paired
     results[2]["seed"] = 2
     assert set(paired(results)) == {"pretrain"}
+
+
+def test_checkpoints_of_one_step_from_several_runs_get_their_own_columns():
+    results = [dict(_result("sft", {"acc/compare": [1.0] * 50 + [0.0] * 50}), checkpoint=f"runs/{run}/sft/hf")
+               for run in ("a", "b", "c")]
+    for r in results:
+        del r["label"]
+    results[2]["scores"] = {"acc/compare": [1.0] * 60 + [0.0] * 40}
+    diffs = paired(results)
+    assert set(diffs) == {"b/sft", "c/sft"}                     # paired with the first, none overwritten
+    assert diffs["c/sft"]["acc/compare"]["diff"] == pytest.approx(0.1)
+    assert "| c/sft - a/sft |" in report_text(results)
