@@ -23,10 +23,15 @@ LOWER_IS_BETTER = {"false_refusal_rate", "val_bpb", "mean_reply_tokens", "englis
 PLAIN = {"val_bpb", "english_bpb", "english_shuffled_bpb", "english_word_order"}
 
 
+def _step_dir(checkpoint: str) -> Path:
+    """runs/tiny/sft/hf -> runs/tiny/sft; any other folder -> itself."""
+    path = Path(checkpoint)
+    return path.parent if path.name == "hf" else path
+
+
 def label_of(checkpoint: str) -> str:
     """runs/tiny/sft/hf -> sft; any other folder -> its name."""
-    path = Path(checkpoint)
-    return path.parent.name if path.name == "hf" else path.name
+    return _step_dir(checkpoint).name
 
 
 def _labels(results: list[dict]) -> list[str]:
@@ -34,11 +39,8 @@ def _labels(results: list[dict]) -> list[str]:
     told apart by their run (a/sft, b/sft), so each gets its own column of paired differences."""
     labels = [r.get("label") or label_of(r["checkpoint"]) for r in results]
     repeated = {label for label in labels if labels.count(label) > 1}
-    for i, (label, r) in enumerate(zip(list(labels), results)):
-        if label in repeated and not r.get("label"):
-            path = Path(r["checkpoint"])
-            step = path.parent if path.name == "hf" else path
-            labels[i] = f"{step.parent.name}/{label}"
+    labels = [f"{_step_dir(r['checkpoint']).parent.name}/{label}" if label in repeated and not r.get("label")
+              else label for label, r in zip(labels, results)]
     return [label if labels.count(label) == 1 else f"{label} ({i + 1})" for i, label in enumerate(labels)]
 
 

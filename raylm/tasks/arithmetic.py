@@ -61,14 +61,15 @@ TEMPLATES = (_share, _buy_and_give, _boxes)
 def calculator_solution(steps: list[str], result: int) -> list[dict]:
     """Worked lines `a op b = c` -> assistant turns that get each c from the calculator, then write the line.
 
-    The line after a result repeats its call with that result, so every worked line sits in the text a
-    checker reads, and the final segment (what a user and the reward see) ends with `Answer: X`."""
+    Each worked line follows its own call's result (copied, not recomputed), and the final segment (what a
+    user and the reward see) holds the last worked line and `Answer: X`."""
     messages, written = [], ""
     for line in steps:
         expression = line.split(" = ")[0]
+        value = calculate(expression)
         messages += [{"role": "assistant", "content": written, "tool_calls": [tool_call("calculator", expression)]},
-                     {"role": "tool", "content": calculate(expression)}]
-        written = f"{expression} = {calculate(expression)}\n"
+                     {"role": "tool", "content": value}]
+        written = f"{expression} = {value}\n"
     return messages + [{"role": "assistant", "content": f"{written}Answer: {result}"}]
 
 
