@@ -253,6 +253,9 @@ class RlConfig(Strict):
     dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose replies all got the same reward "
                                    "(no signal) and fill the batch from fresh tasks")
     max_sampling_rounds: int = Field(3, ge=1, description="with dynamic_sampling: rollout rounds per step at most")
+    overlap: bool = Field(False, description="sample the next step's rollouts while the learner trains on this "
+                          "step's (one step off-policy; the ratio is taken against the sampling weights): the "
+                          "rollout and learner actors work at once instead of taking turns (raylm/rl/steps.py)")
     micro_batch: int = Field(32, ge=1)
     eval_every: int = Field(20, ge=1)
     eval_per_family: int = Field(200, ge=1)

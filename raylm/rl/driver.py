@@ -7,8 +7,9 @@ Each step: draw `prompts_per_step` fresh tasks from `rl.families` (raylm/tasks)
 (`rl.reward`, any "module:callable" taking (task, reply_text)) scores them ->
 group-relative advantages -> one GRPO update on the learner -> the learner pushes
 the new weights into the rollout engines in memory itself (in rl.sync_dtype; the
-driver only waits and logs pack_s, reload_s and sync_s). With `rl.dynamic_sampling` (DAPO), groups
-whose replies all scored the same are dropped and fresh tasks fill the batch. Every `eval_every` steps, held-out
+driver only waits and logs pack_s, reload_s and sync_s); the step itself is raylm/rl/steps.py. With
+`rl.dynamic_sampling` (DAPO), groups whose replies all scored the same are dropped and fresh tasks fill the
+batch; with `rl.overlap`, the next step's rollouts are sampled while the learner trains. Every `eval_every` steps, held-out
 pass@1 (greedy, on tasks from another seed) per family. The learner's state is
 saved every `checkpoint_every` steps in the run's storage under
 rl_state/rl-<step digest>/ and a rerun of the same step continues from it; the
@@ -25,10 +26,9 @@ from pathlib import Path
 import torch
 
 from raylm.config import ConfigError, RlConfig
-from raylm.rl.grpo import group_advantages
 from raylm.rl.learner import Learner
-from raylm.rl.rollout import RolloutPool, Sample
-from raylm.rl.tool_calls import task_tools
+from raylm.rl.rollout import RolloutPool
+from raylm.rl.steps import GrpoSteps, rollout_tools
 from raylm.runs import StepResult, Work
 from raylm.tasks import Task, families, generate_tasks
 from raylm.tokenizer.bpe import load
@@ -55,11 +55,6 @@ def step_tasks(cfg: RlConfig, step: int, refill: int = 0) -> list[Task]:
     counts = {f: cfg.prompts_per_step // len(cfg.families) + (i < cfg.prompts_per_step % len(cfg.families))
               for i, f in enumerate(cfg.families)}
     return generate_tasks(counts, seed=cfg.seed * 1_000_003 + step + 1_000_000_007 * refill)
-
-
-def rollout_tools(tasks: list[Task], enabled: bool) -> list[dict] | None:
-    """Per task, the tools its rollouts may call when tool calls are on (rl.tools), else None."""
-    return [task_tools(t) for t in tasks] if enabled else None
 
 
 def stop_ids(cfg: RlConfig, chat: ChatFormat) -> list[int]:
@@ -157,94 +152,25 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
         print(f"[rl] {pool.engine} rollouts ready; start: " + _fmt(history[0]) +
               f" ({time.perf_counter() - started:.0f}s)", flush=True)
 
-    def score(tasks: list[Task], groups: list[list[Sample]]) -> tuple[torch.Tensor, dict]:
+    def score(tasks: list[Task], groups: list[list]) -> tuple[torch.Tensor, dict]:
         return torch.tensor([[float(reward(task, answer_text(chat.parse(s.ids)))) for s in group]
                              for task, group in zip(tasks, groups)]), {}
 
-    for step in range(start, cfg.steps):
-        refill = (lambda r, step=step: step_tasks(cfg, step, r)) if cfg.dynamic_sampling else None
-        metrics = grpo_step(cfg, learner, pool, chat, step_tasks(cfg, step), score, step, refill=refill,
-                            tools=cfg.tools)
-        done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            metrics.update(pass_at_1(pool, chat, eval_tasks, cfg))
-        history.append(metrics)
-        print(f"[rl] step {done}/{cfg.steps} " + _fmt(metrics), flush=True)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            ray.get(learner.save.remote(state_rel, history))
+    steps = GrpoSteps(cfg, learner, pool, chat, score, lambda step: step_tasks(cfg, step),
+                      (lambda step, r: step_tasks(cfg, step, r)) if cfg.dynamic_sampling else None, start=start)
+    try:
+        for step in range(start, cfg.steps):
+            metrics = steps.run(step)
+            done = step + 1
+            if done % cfg.eval_every == 0 or done == cfg.steps:  # the engines are idle here, holding step `done`
+                metrics.update(pass_at_1(pool, chat, eval_tasks, cfg))
+            history.append(metrics)
+            print(f"[rl] step {done}/{cfg.steps} " + _fmt(metrics), flush=True)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                ray.get(learner.save.remote(state_rel, history))
+    finally:
+        steps.close()
     return start, history
-
-
-def grpo_step(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, tasks: list[Task], score,
-              step: int, demos: list[tuple[list[int], list[int]]] | None = None, refill=None,
-              tools: bool = False) -> dict:
-    """One GRPO step: sample a group per task, score them (`score(tasks, groups) -> ((tasks, group) rewards,
-    metrics)`), group-relative advantages, one learner update (with `demos`' SFT loss mixed in, if any), the
-    new weights pushed to the rollout engines.
-
-    With `refill` (round -> fresh tasks), DAPO's dynamic sampling: a group whose samples all got the same
-    reward has zero advantage and carries no signal, so it is dropped and fresh prompts are sampled until
-    the batch holds len(tasks) groups that differ, or `rl.max_sampling_rounds` rounds have run. The logged
-    reward stays the first round's, an unbiased sample of the policy.
-
-    With `tools`, samples run their tool calls mid-reply (raylm/rl/tool_calls.py; the pool must stop at
-    <|/tool_call|>) and the tool results' tokens are masked out of the policy loss."""
-    import ray
-
-    timings = {"generate_s": 0.0, "score_s": 0.0}
-    picked: list[tuple[list[int], list[Sample], torch.Tensor]] = []  # (prompt, group, rewards) to train on
-    tokens = samples = calls = 0
-    first: torch.Tensor | None = None
-    extra: dict = {}
-    for rounds in range(1, (cfg.max_sampling_rounds if refill else 1) + 1):
-        drawn = tasks if rounds == 1 else refill(rounds - 1)
-        t0 = time.perf_counter()
-        prompts = [chat.prompt(t.messages) for t in drawn]
-        groups = pool.generate(prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens,
-                               seed=cfg.seed + step + 1_000_000 * (rounds - 1),
-                               tools=rollout_tools(drawn, tools),
-                               max_tool_rounds=cfg.max_tool_rounds)
-        timings["generate_s"] += time.perf_counter() - t0
-        tokens += sum(len(s.ids) if s.mask is None else sum(s.mask) for group in groups for s in group)
-        if tools:
-            calls += sum(s.mask is not None and 0 in s.mask for group in groups for s in group)
-        samples += sum(len(group) for group in groups)
-        t0 = time.perf_counter()
-        rewards, round_extra = score(drawn, groups)
-        timings["score_s"] += time.perf_counter() - t0
-        if first is None:
-            first, extra = rewards, round_extra
-        picked += [(p, g, r) for p, g, r in zip(prompts, groups, rewards) if not refill or r.std() > 0]
-        if len(picked) >= len(tasks):
-            break
-    picked = picked[:len(tasks)]
-
-    metrics: dict = {}
-    timings["train_s"] = timings["sync_s"] = 0.0
-    if picked:  # with dynamic sampling, every group of every round may have been uniform: nothing to learn
-        advantages = group_advantages(torch.stack([r for _, _, r in picked]))
-        t0 = time.perf_counter()
-        batch = [{"prompt": prompt, "response": sample.ids, "advantage": float(advantages[i, j]), "mask": sample.mask}
-                 for i, (prompt, group, _) in enumerate(picked) for j, sample in enumerate(group)]
-        metrics = ray.get(learner.update.remote(batch, demos))
-        timings["train_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        metrics.update(pool.sync_from(learner))  # learner -> rollout actors, not through here: pack_s, reload_s
-        timings["sync_s"] = time.perf_counter() - t0
-
-    metrics.update(timings)
-    metrics.update(extra)
-    metrics.update(step=step + 1, mean_reward=float(first.mean()),
-                   response_length=tokens / samples,
-                   rollout_tokens_per_s=tokens / timings["generate_s"],
-                   solved_groups=float((first.std(dim=1) == 0).float().mean()),
-                   sync_share=timings["sync_s"] / sum(timings.values()))
-    if refill:
-        metrics.update(sampling_rounds=rounds, trained_groups=len(picked) / len(tasks))
-    if tools:
-        metrics.update(tool_call_share=calls / samples)  # samples that called a tool at least once
-    return metrics
 
 
 def _fmt(m: dict) -> str:
@@ -257,5 +183,7 @@ def _fmt(m: dict) -> str:
         parts.append(f"| {m['sampling_rounds']} sampling rounds, {m['trained_groups']:.0%} of the batch trained")
     if "tool_call_share" in m:
         parts.append(f"| {m['tool_call_share']:.0%} of samples called a tool")
+    if m.get("policy_lag"):
+        parts.append(f"| sampled {m['policy_lag']} step behind, clipped {m.get('clip_fraction', 0):.1%}")
     parts += [f"{k} {v:.2f}" for k, v in m.items() if k.startswith("pass@1/")]
     return " ".join(parts)

@@ -111,6 +111,10 @@ class Learner:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                                            weight_decay=cfg.weight_decay, fused=self.device.type == "cuda")
         self.step, self.history = 0, []
+        # rl.overlap: the weights each push gave the rollout engines, by learner step, until no batch sampled
+        # with them is left to train on (a stale batch's ratio is taken against the policy that sampled it)
+        self.pushed: dict[int, dict] = {0: self._snapshot()} if cfg.overlap else {}
+        self.behaviour = None  # a second model holding such pushed weights, made when first needed
 
     def autocast(self):
         """bf16 matmuls on a GPU (token_logprobs and the losses upcast the logits to fp32); off on CPU."""
@@ -145,6 +149,18 @@ class Learner:
         self.model.load_state_dict(self.best["model"])
         return self.best["step"]
 
+    def _snapshot(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _policy_at(self, step: int):
+        """The policy as it was pushed at `step`; older pushes are forgotten (batches come in order)."""
+        if self.behaviour is None:
+            self.behaviour = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.behaviour.load_state_dict(self.pushed[step])
+        for old in [s for s in self.pushed if s < step]:
+            del self.pushed[old]
+        return self.behaviour
+
     def weights(self) -> bytes:
         from raylm.rl.weight_sync import pack
 
@@ -157,16 +173,23 @@ class Learner:
         from raylm.rl.rollout import push
 
         start = time.perf_counter()
+        if self.cfg.overlap:
+            self.pushed[self.step] = self._snapshot()
         blob = self.weights()
         return {"pack_s": time.perf_counter() - start, "reload_s": push(workers, blob)}
 
-    def update(self, batch: list[dict], demos: list[tuple[list[int], list[int]]] | None = None) -> dict:
+    def update(self, batch: list[dict], demos: list[tuple[list[int], list[int]]] | None = None,
+               sampled_at: int | None = None) -> dict:
         """GRPO on one batch of samples: `updates_per_batch` passes, micro-batched, one optimizer step each.
 
         `demos`: demonstrations whose SFT loss, times `demo_coef`, joins every pass, so what SFT taught
-        outside the rewarded prompts stays (RLHF's `ptx_coef`: InstructGPT's PPO-ptx, with SFT data)."""
+        outside the rewarded prompts stays (RLHF's `ptx_coef`: InstructGPT's PPO-ptx, with SFT data).
+        `sampled_at`: the learner step whose pushed weights sampled the batch (rl.overlap); when that is not
+        the current step, the ratio is taken against those weights, so the clipping bounds how far a stale
+        batch moves the policy (off-policy PPO)."""
         s = self.cfg
         batch = [item for item in batch if item["advantage"] != 0 and item["response"]]  # nothing to learn otherwise
+        stale = sampled_at is not None and sampled_at != self.step
         self.step += 1
         if not batch:
             return {"loss": 0.0, "trained_samples": 0}
@@ -181,8 +204,9 @@ class Learner:
         # the sampling policy's log-probs (recomputed here: exactly the learner's numerics)
         with torch.no_grad(), self.autocast():
             # used once, a batch's sampling policy is the live one: its log-probs are the forward pass's own
-            old = [token_logprobs(self.model, seqs, s.temperature) for seqs, _, _ in chunks] \
-                if reuse else [None] * len(chunks)
+            sampler = self._policy_at(sampled_at) if stale else self.model
+            old = [token_logprobs(sampler, seqs, s.temperature) for seqs, _, _ in chunks] \
+                if reuse or stale else [None] * len(chunks)
             ref = [token_logprobs(self.reference, seqs, s.temperature) for seqs, _, _ in chunks] \
                 if self.reference is not None else [None] * len(chunks)
         stats = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "kl_seq": 0.0}

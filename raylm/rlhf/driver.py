@@ -2,7 +2,7 @@
 
     raylm rlhf     # <run>/sft/hf + <run>/reward -> <run>/rlhf/hf (the kept checkpoint), history.json, plots
 
-The loop is RL's (raylm/rl/driver.py: grpo_step; vLLM rollout actors, a learner
+The loop is RL's (raylm/rl/steps.py: GrpoSteps; vLLM rollout actors, a learner
 actor, in-memory weight pushes) with the reward from the proxy reward model,
 scored by a pool of Ray actors (raylm/rlhf/scorer.py). Per step: the proxy's
 scores, whitened over the batch (`normalize_reward`), minus `length_penalty` per
@@ -41,9 +41,10 @@ import torch
 
 from raylm.config import RunConfig
 from raylm.eval.stats import SAMPLES, mean_interval
-from raylm.rl.driver import grpo_step, step_tasks
+from raylm.rl.driver import step_tasks
 from raylm.rl.learner import Learner
 from raylm.rl.rollout import RolloutPool
+from raylm.rl.steps import GrpoSteps
 from raylm.rlhf.monitor import HackingAlarm, Support
 from raylm.rlhf.scorer import ScorerPool
 from raylm.runs import StepResult, Work
@@ -186,9 +187,10 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
     best, best_step = max(((m["val/watch"], m["step"]) for m in history if "val/watch" in m),
                           default=(-math.inf, 0))
     limit = next((m["support_nll_limit"] for m in history if "support_nll_limit" in m), None)
+    steps = GrpoSteps(rl, learner, pool, chat, score, lambda step: step_tasks(rl, step),
+                      demos=lambda step: demonstrations(cfg, chat, step), start=start)
     for step in range(start, rl.steps):
-        metrics = grpo_step(rl, learner, pool, chat, step_tasks(rl, step), score, step,
-                            demonstrations(cfg, chat, step))
+        metrics = steps.run(step)
         done = step + 1
         stop = False
         nll = metrics.pop("ref_nll", [])
@@ -215,6 +217,7 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
             ray.get(learner.save.remote(state_rel, history))
         if stop:
             break
+    steps.close()
     return history, alarm.fired
 
 

@@ -43,9 +43,11 @@ def fit(config: LoopConfig, num_workers: int, use_gpu: bool, max_failures: int, 
         run_config=RunConfig(name=name, storage_path=storage.path(rel), storage_filesystem=storage.fs,
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             # NCCL_* settings reach the workers before their process group starts
-                             worker_runtime_env={"env_vars": dict(config.train.nccl_env)} if config.train.nccl_env
-                             else None),
+                             # NCCL_* settings reach the workers before their process group starts. Ray Train
+                             # sends a worker's print() to its logger and, where Ray has wrapped stdout, to stdout
+                             # too: every progress line reached the console twice. Plain print: once.
+                             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                                              **config.train.nccl_env}}),
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:

@@ -21,6 +21,11 @@ def quarter(task, reply: str) -> float:
     return 0.25
 
 
+def parity(task, reply: str) -> float:
+    """Rewards that differ within a group (so every step trains), named as tests.rl.test_rl:parity."""
+    return float(len(reply) % 2)
+
+
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
     from raylm.tokenizer.bpe import save, train_bpe
@@ -122,3 +127,19 @@ def test_dynamic_sampling_drops_uniform_groups_and_refills(ray_session, policy):
     before, after = load_file(policy / "sft" / "hf" / "model.safetensors"), load_file(policy / "dapo" / "hf" /
                                                                                        "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_overlap_samples_the_next_step_during_the_update(ray_session, policy):
+    """rl.overlap: from the second step on, each batch was sampled one step behind the learner, and trained."""
+    from raylm.rl.driver import run_rl
+
+    cfg = RlConfig(engine="torch", families=["compare"], reward="tests.rl.test_rl:parity", steps=3,
+                   prompts_per_step=2, group_size=4, max_new_tokens=6, eval_every=3, eval_per_family=2,
+                   rollout_cpus=1, learner_cpus=1, overlap=True, temperature=2.0)
+    storage = Storage(StorageConfig(uri=str(policy)))
+    sft = StepResult(storage, "sft", {"config_hash": "sft", "metrics": {}}, skipped=True)
+    run_step("rl", storage, "overlap", "overlap", lambda work: run_rl(cfg, sft, work, "overlap/state.pt"))
+    history = json.loads((policy / "overlap" / "history.json").read_text())[1:]
+    assert [m["policy_lag"] for m in history] == [0, 1, 1]
+    assert all(m["trained_samples"] > 0 for m in history)  # the stale batches were trained on, not dropped
+    assert all("rollout_wait_s" in m for m in history[:2]) and "rollout_wait_s" not in history[2]
