@@ -276,6 +276,9 @@ class PreferencesConfig(Strict):
     answers_per_item: int = Field(4, ge=2, le=8, description="k answers shown together and ranked")
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(64, ge=1)
+    rollout_workers: int | None = Field(None, ge=1, description="rollout actors sampling the answers (each "
+                                        "with rl.rollout_cpus / rl.rollout_gpus); None: rl.num_rollout_workers. "
+                                        "Nothing else runs during this step, so it can take the whole machine")
     rater: Literal["synthetic", "human"] = Field("synthetic", description="synthetic: raylm/rlhf/rater.py ranks "
                                                   "every item (tiny preset, tests); human: `raylm label`")
     rater_agreement: float = Field(0.75, gt=0.5, le=1, description="the synthetic rater's noise is tuned so "

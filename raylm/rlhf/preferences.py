@@ -70,7 +70,8 @@ def sample_items(cfg: RunConfig, sft: StepResult, store: LabelStore) -> int:
     tasks = new_tasks(p.family, missing, p.seed, have)
     print(f"[preferences] sampling {p.answers_per_item} answers to each of {missing} prompts "
           f"({cfg.rl.engine} rollouts)", flush=True)
-    pool = RolloutPool(cfg.rl.engine, sft.storage, policy, cfg.rl.num_rollout_workers, [chat.im_end],
+    workers = p.rollout_workers or cfg.rl.num_rollout_workers
+    pool = RolloutPool(cfg.rl.engine, sft.storage, policy, workers, [chat.im_end],
                        cfg.rl.rollout_cpus, cfg.rl.rollout_gpus, cfg.rl.kv_cache_gib, p.seed,
                        cfg.rl.gpu_memory_utilization)
     try:

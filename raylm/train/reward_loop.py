@@ -137,7 +137,7 @@ def reward_loop(config: RewardLoopConfig) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        metrics = {"step": done, "loss": float(loss), "lr": lr, "grad_norm": float(grad_norm)}
+        metrics = {"step": done, "loss": float(loss.detach()), "lr": lr, "grad_norm": float(grad_norm)}
         last = done == cfg.steps
         if done % cfg.eval_every == 0 or last:
             model.eval()
