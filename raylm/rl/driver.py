@@ -8,9 +8,9 @@ Each step: draw `prompts_per_step` fresh tasks from `rl.families` (raylm/tasks)
 group-relative advantages -> one GRPO update on the learner -> the learner pushes
 the new weights into the rollout engines in memory itself (in rl.sync_dtype; the
 driver only waits and logs pack_s, reload_s and sync_s); the step itself is raylm/rl/steps.py. With
-`rl.dynamic_sampling` (DAPO), groups whose replies all scored the same are dropped and fresh tasks fill the
-batch; with `rl.overlap`, the next step's rollouts are sampled while the learner trains. Every `eval_every` steps, held-out
-pass@1 (greedy, on tasks from another seed) per family. The learner's state is
+`rl.dynamic_sampling` (DAPO), groups whose replies all scored the same are dropped and fresh tasks fill
+the batch; with `rl.overlap`, the next step's rollouts are sampled while the learner trains. Every
+`eval_every` steps, held-out pass@1 (greedy, on tasks from another seed) per family. The learner's state is
 saved every `checkpoint_every` steps in the run's storage under
 rl_state/rl-<step digest>/ and a rerun of the same step continues from it; the
 digest covers the SFT model's whole history, so a new SFT model starts afresh.

@@ -78,7 +78,9 @@ class GrpoSteps:
 
         sampled = self.ready if self.ready is not None and self.ready.step == step else self.sample(step)
         self.ready = None
-        ahead = self.executor.submit(self.sample, step + 1, self.pushed_at) if self.executor and step + 1 < self.cfg.steps else None
+        ahead = None
+        if self.executor and step + 1 < self.cfg.steps:  # sampled by the weights the engines hold now
+            ahead = self.executor.submit(self.sample, step + 1, self.pushed_at)
         batch = []
         if sampled.picked:  # with dynamic sampling, every group of every round may have been uniform
             advantages = group_advantages(torch.stack([r for _, _, r in sampled.picked]))
@@ -104,7 +106,8 @@ class GrpoSteps:
         (pushed at learner step `sampled_at`, default the last push)."""
         cfg, chat = self.cfg, self.chat
         tasks = self.tasks(step)
-        out = Sampled(step, self.pushed_at if sampled_at is None else sampled_at, [], torch.zeros(0), {}, {"generate_s": 0.0, "score_s": 0.0})
+        out = Sampled(step, self.pushed_at if sampled_at is None else sampled_at, [], torch.zeros(0), {},
+                      {"generate_s": 0.0, "score_s": 0.0})
         for rounds in range(1, (cfg.max_sampling_rounds if self.refill else 1) + 1):
             drawn = tasks if rounds == 1 else self.refill(step, rounds - 1)
             t0 = time.perf_counter()
