@@ -156,9 +156,9 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
         return torch.tensor([[float(reward(task, answer_text(chat.parse(s.ids)))) for s in group]
                              for task, group in zip(tasks, groups)]), {}
 
-    steps = GrpoSteps(cfg, learner, pool, chat, score, lambda step: step_tasks(cfg, step),
-                      (lambda step, r: step_tasks(cfg, step, r)) if cfg.dynamic_sampling else None, start=start)
-    try:
+    with GrpoSteps(cfg, learner, pool, chat, score, lambda step: step_tasks(cfg, step),
+                   (lambda step, r: step_tasks(cfg, step, r)) if cfg.dynamic_sampling else None,
+                   start=start) as steps:
         for step in range(start, cfg.steps):
             metrics = steps.run(step)
             done = step + 1
@@ -168,8 +168,6 @@ def train(cfg: RlConfig, learner, pool: RolloutPool, chat: ChatFormat, reward, e
             print(f"[rl] step {done}/{cfg.steps} " + _fmt(metrics), flush=True)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 ray.get(learner.save.remote(state_rel, history))
-    finally:
-        steps.close()
     return start, history
 
 

@@ -1,10 +1,9 @@
 """GRPO steps for the rl and rlhf drivers: sample and score groups, update the learner, push the weights;
 one step after another, or overlapped (`rl.overlap`).
 
-    steps = GrpoSteps(cfg, learner, pool, chat, score, tasks=lambda step: step_tasks(cfg, step), start=0)
-    for step in range(start, cfg.steps):
-        metrics = steps.run(step)          # reward, lengths, timings, the learner's loss and clip stats
-    steps.close()
+    with GrpoSteps(cfg, learner, pool, chat, score, tasks=lambda step: step_tasks(cfg, step), start=0) as steps:
+        for step in range(start, cfg.steps):
+            metrics = steps.run(step)      # reward, lengths, timings, the learner's loss and clip stats
 
 A step: draw the step's tasks -> the rollout pool samples `group_size` replies to each -> `score(tasks,
 groups)` gives their rewards -> group-relative advantages -> one learner update -> the learner pushes the new
@@ -132,7 +131,11 @@ class GrpoSteps:
         out.picked = out.picked[:len(tasks)]
         return out
 
-    def close(self) -> None:
+    def __enter__(self) -> "GrpoSteps":
+        return self
+
+    def __exit__(self, *_) -> None:
+        """Also on an error: a sampling still running ends when the drivers shut the pool down."""
         if self.executor:
             self.executor.shutdown(wait=False, cancel_futures=True)
 

@@ -187,37 +187,36 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
     best, best_step = max(((m["val/watch"], m["step"]) for m in history if "val/watch" in m),
                           default=(-math.inf, 0))
     limit = next((m["support_nll_limit"] for m in history if "support_nll_limit" in m), None)
-    steps = GrpoSteps(rl, learner, pool, chat, score, lambda step: step_tasks(rl, step),
-                      demos=lambda step: demonstrations(cfg, chat, step), start=start)
-    for step in range(start, rl.steps):
-        metrics = steps.run(step)
-        done = step + 1
-        stop = False
-        nll = metrics.pop("ref_nll", [])
-        if limit is None and nll:  # the first batch is the SFT model's own: what its answers are like
-            limit = metrics["support_nll_limit"] = sorted(nll)[min(len(nll) - 1, int(0.99 * len(nll)))]
-        metrics["support_unlikely"] = sum(x > limit for x in nll) / len(nll) if nll else 0.0
-        outside.append(metrics["support_unlikely"])
-        if done % rl.eval_every == 0 or done == rl.steps:
-            metrics.update(validation())
-            reason = alarm.update(done, metrics["val/proxy"], metrics["val/watch"], max(outside, default=0.0))
-            outside.clear()
-            if metrics["val/watch"] > best and not reason:  # a step the alarm fires at is never the one kept
-                best, best_step = metrics["val/watch"], done
-                ray.get(learner.keep_best.remote(done))
-            if reason and alarm.fired["step"] == done:
-                alarm.fired["kept_step"] = best_step  # what a rollback restores (also recorded with alarm=off)
-                action = {"rollback": "rolling back to the kept checkpoint and stopping", "stop": "stopping",
-                          "off": "going on (rlhf.alarm=off)"}[rl.alarm]
-                print(f"[rlhf] HACKING ALARM at step {done}: {reason}; {action}", flush=True)
-                stop = rl.alarm != "off"
-        history.append(metrics)
-        print(f"[rlhf] step {done}/{rl.steps} " + _fmt(metrics), flush=True)
-        if stop or done % rl.checkpoint_every == 0 or done == rl.steps:
-            ray.get(learner.save.remote(state_rel, history))
-        if stop:
-            break
-    steps.close()
+    with GrpoSteps(rl, learner, pool, chat, score, lambda step: step_tasks(rl, step),
+                   demos=lambda step: demonstrations(cfg, chat, step), start=start) as steps:
+        for step in range(start, rl.steps):
+            metrics = steps.run(step)
+            done = step + 1
+            stop = False
+            nll = metrics.pop("ref_nll", [])
+            if limit is None and nll:  # the first batch is the SFT model's own: what its answers are like
+                limit = metrics["support_nll_limit"] = sorted(nll)[min(len(nll) - 1, int(0.99 * len(nll)))]
+            metrics["support_unlikely"] = sum(x > limit for x in nll) / len(nll) if nll else 0.0
+            outside.append(metrics["support_unlikely"])
+            if done % rl.eval_every == 0 or done == rl.steps:
+                metrics.update(validation())
+                reason = alarm.update(done, metrics["val/proxy"], metrics["val/watch"], max(outside, default=0.0))
+                outside.clear()
+                if metrics["val/watch"] > best and not reason:  # a step the alarm fires at is never the one kept
+                    best, best_step = metrics["val/watch"], done
+                    ray.get(learner.keep_best.remote(done))
+                if reason and alarm.fired["step"] == done:
+                    alarm.fired["kept_step"] = best_step  # what a rollback restores (also recorded with alarm=off)
+                    action = {"rollback": "rolling back to the kept checkpoint and stopping", "stop": "stopping",
+                              "off": "going on (rlhf.alarm=off)"}[rl.alarm]
+                    print(f"[rlhf] HACKING ALARM at step {done}: {reason}; {action}", flush=True)
+                    stop = rl.alarm != "off"
+            history.append(metrics)
+            print(f"[rlhf] step {done}/{rl.steps} " + _fmt(metrics), flush=True)
+            if stop or done % rl.checkpoint_every == 0 or done == rl.steps:
+                ray.get(learner.save.remote(state_rel, history))
+            if stop:
+                break
     return history, alarm.fired
 
 
