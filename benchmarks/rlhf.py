@@ -43,7 +43,7 @@ def shuffled_control(run, cfg) -> dict:
     """A proxy trained on the same rankings with shuffled orders, scored on the held-out rankings."""
     import json as _json
 
-    from raylm.rlhf.reward import evaluate, train_reward_model
+    from raylm.rlhf.reward import evaluate, train_reward_models
     from raylm.rlhf.preferences import open_labels
     from raylm.runs import Work
     from raylm.tokenizer.bpe import load
@@ -60,8 +60,10 @@ def shuffled_control(run, cfg) -> dict:
     # in the run's storage, beside the models it starts from (every Ray Train worker reads both there)
     work = Work(run.storage, f"{cfg.name}/benchmarks/reward_shuffled", work_dir)
     (work_dir / "proxy.json").write_text(_json.dumps(data))
-    model = train_reward_model("shuffled", cfg, sft, work, f"control-{reward.digest}", work.publish("proxy.json"),
-                               pad, shuffle_labels=True)
+    from raylm.train.reward_loop import RewardJob
+
+    job = RewardJob(name="shuffled", data_file=work.publish("proxy.json"), shuffle_labels=True)
+    model = train_reward_models(cfg, sft, work, f"control-{reward.digest}", [job], pad)["shuffled"]
     store = open_labels(cfg, run.result("preferences"))
     heldout_ids = [r["item"] for r in data["val"]]
     by_id = {r.item.id: r for r in store.rankings(model=run.result("preferences").metrics["model"])}

@@ -296,7 +296,8 @@ class RewardConfig(TrainConfig):
 
     num_workers: int = Field(2, ge=1)
     steps: int = Field(300, ge=1)
-    batch_size: int = Field(8, ge=1, description="rankings per worker per step (all k answers of each)")
+    batch_size: int = Field(8, ge=1, description="rankings per worker per step (all k answers of each); "
+                            "each model's batch is batch_size x num_workers, also side by side")
     lr: float = Field(3e-4, gt=0)
     warmup_steps: int = Field(20, ge=0)
     weight_decay: float = Field(0.0, ge=0)

@@ -7,7 +7,10 @@ item: items on held-out subjects (raylm/tasks/poem.py) measure accuracy; the
 others are dealt into two disjoint halves. The **proxy** reward model learns
 from one half and is what `raylm rlhf` optimises; the **watcher** learns from
 the other half and only watches (raylm/rlhf/monitor.py). Both start from the
-SFT policy's trunk with a zero scalar head (raylm/model/reward.py).
+SFT policy's trunk with a zero scalar head (raylm/model/reward.py), and both
+train in one Ray Train run, side by side on half the workers each
+(raylm/train/reward_loop.py; `benchmarks/reward_side_by_side.py` times it
+against one run per model).
 
 Reported on the held-out items (bootstrap 95% intervals over items):
 - accuracy: pairs ordered as the labelers ordered them;
@@ -36,9 +39,9 @@ from raylm.rlhf.preferences import open_labels
 from raylm.runs import StepResult, Work
 from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import ChatFormat
-from raylm.train.reward_loop import (RewardLoopConfig, pair_accuracy, reward_loop,
-                                     score_rankings)
-from raylm.train.trainer import fit
+from raylm.train.reward_loop import (RewardJob, RewardLoopConfig, pair_accuracy, reward_loop,
+                                     score_rankings, split_workers)
+from raylm.train.trainer import fit_states
 
 MIN_RANKINGS = 20
 
@@ -93,18 +96,23 @@ def length_baseline(train: list[Ranking], heldout: list[Ranking]) -> dict:
     return {"rule": "longer wins" if longer_wins else "shorter wins", "accuracy": held if longer_wins else 1 - held}
 
 
-def train_reward_model(name: str, cfg: RunConfig, sft: StepResult, work: Work, key: str, data_file: str,
-                       pad_id: int, shuffle_labels: bool = False) -> RewardModel:
+def train_reward_models(cfg: RunConfig, sft: StepResult, work: Work, key: str, jobs: list[RewardJob],
+                        pad_id: int) -> dict[str, RewardModel]:
+    """Every job's reward model from one Ray Train run (side by side on the workers: raylm/train/reward_loop.py)."""
     model_config = from_hf_config(json.loads(sft.storage.local(f"{sft.rel}/hf", only=("config.json",))
                                              .joinpath("config.json").read_text()))
-    config = RewardLoopConfig(name=name, train=cfg.reward, model=model_config, storage=work.storage.cfg,
-                              data_file=data_file, init_checkpoint=f"{sft.rel}/hf", pad_id=pad_id,
-                              shuffle_labels=shuffle_labels)
-    state = fit(config, cfg.reward.num_workers, cfg.reward.use_gpu, cfg.reward.max_failures, work.storage,
-                f"{cfg.name}/ray_train", f"reward-{name}-{key}", loop=reward_loop)
-    model = RewardModel(model_config)
-    model.load_state_dict(state["model"])
-    return model.eval()
+    config = RewardLoopConfig(jobs=jobs, train=cfg.reward, model=model_config, storage=work.storage.cfg,
+                              init_checkpoint=f"{sft.rel}/hf", pad_id=pad_id)
+    names = [job.name for job in jobs]
+    states = fit_states(config, cfg.reward.num_workers, cfg.reward.use_gpu, cfg.reward.max_failures, work.storage,
+                        f"{cfg.name}/ray_train", f"reward-{'-'.join(names)}-{key}", loop=reward_loop,
+                        files=[f"{name}.pt" for name in names])
+    models = {}
+    for name in names:
+        models[name] = RewardModel(model_config)
+        models[name].load_state_dict(states[f"{name}.pt"]["model"])
+        models[name].eval()
+    return models
 
 
 def evaluate(model: RewardModel, heldout: list[dict], rankings: list[Ranking], pad_id: int) -> dict:
@@ -135,10 +143,18 @@ def run_reward(cfg: RunConfig, preferences: StepResult, sft: StepResult, work: W
     held_encoded = encode(chat, heldout)
     metrics: dict = {"rankings": len(rankings), "labeler_kinds": kinds, "heldout_rankings": len(heldout),
                      "length_baseline": length_baseline(halves[0], heldout)}
+    jobs = []
     for name, train in (("proxy", halves[0]), ("watch", halves[1])):
-        encoded = encode(chat, train)
-        (work.local / f"{name}.json").write_text(json.dumps({"train": encoded, "val": held_encoded}))
-        model = train_reward_model(name, cfg, sft, work, key, work.publish(f"{name}.json"), pad_id)
+        (work.local / f"{name}.json").write_text(json.dumps({"train": encode(chat, train), "val": held_encoded}))
+        jobs.append(RewardJob(name=name, data_file=work.publish(f"{name}.json")))
+    workers = cfg.reward.num_workers
+    per_job, accum = split_workers(workers, len(jobs))
+    print(f"[reward] proxy and watcher in one Ray Train run of {workers} workers: "
+          + (f"side by side, {per_job} each ({accum} micro-batches per step)" if per_job < workers
+             else "one after the other"), flush=True)
+    models = train_reward_models(cfg, sft, work, key, jobs, pad_id)
+    for name, train in (("proxy", halves[0]), ("watch", halves[1])):
+        model = models[name]
         result = evaluate(model, held_encoded, heldout, pad_id)
         answers = [(a, len(chat.text(a))) for r in train for a in r.item.answers]
         unseen = [(a, r.item.messages[-1]["content"]) for r in heldout for a in r.item.answers]

@@ -3,6 +3,7 @@
     state = fit(loop_config, num_workers=2, use_gpu=False, max_failures=2,
                 storage=storage, rel="tiny/ray_train", name="sft-<step digest>")
     state["model"], state["history"], state["metrics"]
+    states = fit_states(..., loop=reward_loop, files=["proxy.pt", "watch.pt"])   # several files, one run
 
 Ray Train keeps checkpoints in the run's storage (storage_path + storage_filesystem,
 so every node writes and reads them there) under rel/name. The name carries the
@@ -10,7 +11,8 @@ step's digest (its config and every upstream step's), so the same step resumes f
 its latest checkpoint (Ray Train V2 restores a run from its storage path and name)
 and a changed one, or one whose data changed, starts from step 0.
 FailureConfig(max_failures) restarts the worker group from the last checkpoint when
-a worker dies. Pretraining and SFT both call this.
+a worker dies. Pretraining and SFT call `fit`; the reward step (two models in one run)
+calls `fit_states`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,15 @@ def fit(config: LoopConfig, num_workers: int, use_gpu: bool, max_failures: int, 
         name: str, loop: Callable = train_loop) -> dict:
     """Train on `num_workers` Ray Train workers; return the final checkpoint's state (model, history, metrics).
 
-    `loop` is the per-worker function (the shared LM loop; the reward model's, raylm/train/reward_loop.py);
-    it must save CHECKPOINT_FILE in its checkpoints and take a config with a `train` section."""
+    `loop` is the per-worker function (the shared LM loop by default); it must save CHECKPOINT_FILE in its
+    checkpoints and take a config with a `train` section."""
+    return fit_states(config, num_workers, use_gpu, max_failures, storage, rel, name, loop)[CHECKPOINT_FILE]
+
+
+def fit_states(config, num_workers: int, use_gpu: bool, max_failures: int, storage: Storage, rel: str, name: str,
+               loop: Callable = train_loop, files: tuple[str, ...] | list[str] = (CHECKPOINT_FILE,)) -> dict[str, dict]:
+    """As `fit`, for a loop whose checkpoints hold several state files (the reward loop: one per model,
+    written by different workers and merged by Ray Train): {file: state} of the final checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -51,7 +60,10 @@ def fit(config: LoopConfig, num_workers: int, use_gpu: bool, max_failures: int, 
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        missing = [f for f in files if not (Path(folder) / f).exists()]
+        if missing:
+            raise RuntimeError(f"the final checkpoint of Ray Train run {name!r} lacks {missing}")
+        return {f: torch.load(Path(folder) / f, map_location="cpu", weights_only=True) for f in files}
 
 
 def model_from_state(state: dict) -> GPT:
