@@ -3,7 +3,7 @@
 Both train the tiny preset's model on the tokenizer shards of a finished run for the
 same steps with the same total batch: Ray Train with N workers x B sequences
 (DDP over gloo, one torch thread each), the plain process with N*B sequences and N
-torch threads. Reported: steady-state tokens/s (from the loop's own log points,
+torch threads, and Ray Train with one worker of N CPUs (N threads) and N*B sequences. Reported: steady-state tokens/s (from the loop's own log points,
 after the first, so start-up and the first steps do not count) and wall time.
 
     python benchmarks/pretrain_cpu.py [--config tiny] [--steps 60]
@@ -63,16 +63,24 @@ def main() -> None:
     from raylm.train.pretrain import run_pretrain
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
-    t = time.time()
     out = Storage(StorageConfig(uri="benchmarks/out/pretrain_cpu"))
-    name = f"bench-{int(t)}"  # a fresh Ray Train run every time: nothing resumed
-    result = run_step("pretrain", out, name, name,
-                      lambda work: run_pretrain(cfg, tokenizer, work, "ray_train", name)).metrics
-    ray_wall = time.time() - t
-    ray_history = json.loads(out.read_text(f"{name}/history.json"))
+
+    def on_ray_train(train_cfg) -> tuple[dict, float, list[dict]]:
+        t = time.time()
+        name = f"bench-{int(t)}"  # a fresh Ray Train run every time: nothing resumed
+        metrics = run_step("pretrain", out, name, name,
+                           lambda work: run_pretrain(train_cfg, tokenizer, work, "ray_train", name)).metrics
+        return metrics, time.time() - t, json.loads(out.read_text(f"{name}/history.json"))
+
+    result, ray_wall, ray_history = on_ray_train(cfg)
+    # the same batch on one worker holding every core (cpus_per_worker): no DDP, the threads share the work
+    one = cfg.model_copy(update={"num_workers": 1, "cpus_per_worker": workers * cfg.cpus_per_worker,
+                                 "batch_size": cfg.batch_size * workers})
+    one_result, one_wall, one_history = on_ray_train(one)
     ray.shutdown()
 
     plain_tps, ray_tps = steady_tokens_per_s(plain_history), steady_tokens_per_s(ray_history)
+    one_tps = steady_tokens_per_s(one_history)
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.platform()}, {os.cpu_count()} CPUs",
@@ -81,8 +89,11 @@ def main() -> None:
         "plain_process": {"tokens_per_s": plain_tps, "wall_s": plain_wall,
                           "final_loss": plain_history[-1]["loss"]},
         "ray_train": {"tokens_per_s": ray_tps, "wall_s": ray_wall, "final_loss": result["final"]["loss"]},
+        "ray_train_one_worker": {"cpus": one.cpus_per_worker, "tokens_per_s": one_tps, "wall_s": one_wall,
+                                 "final_loss": one_result["final"]["loss"]},
         "ray_overhead_steady": 1 - ray_tps / plain_tps,
         "ray_overhead_wall": ray_wall / plain_wall - 1,
+        "one_worker_speedup_steady": one_tps / ray_tps,
     }
     print(json.dumps(report, indent=2))
 

@@ -107,6 +107,8 @@ def train_loop(config: LoopConfig) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    else:  # the worker's reserved CPUs, no more (Ray's OMP_NUM_THREADS may say otherwise)
+        torch.set_num_threads(config.train.cpus_per_worker)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:

@@ -19,7 +19,7 @@ from raylm.model.hf import TOKENIZER_FILES, save_pretrained
 from raylm.runs import StepResult, Work
 from raylm.storage import Storage
 from raylm.train.loop import LoopConfig
-from raylm.train.trainer import fit, model_from_state, plot_losses
+from raylm.train.trainer import fit, model_from_state, plot_losses, workers_line
 
 
 def token_byte_lengths(tokenizer_dir: Path) -> list[int]:
@@ -55,7 +55,7 @@ def run_pretrain(cfg: PretrainConfig, tokenizer: StepResult, work: Work, train_r
     storage = work.storage
     config = loop_config(cfg, tokenizer)
     name = f"pretrain-{key}"  # same step, same name: a rerun resumes; anything changed upstream: a new run
-    print(f"[pretrain] {cfg.num_workers} Ray Train workers, {cfg.steps} steps; checkpoints in "
+    print(f"[pretrain] {workers_line(cfg)}, {cfg.steps} steps; checkpoints in "
           f"{storage.uri(f'{train_rel}/{name}')}", flush=True)
     state = fit(config, cfg.num_workers, cfg.use_gpu, cfg.max_failures, storage, train_rel, name)
     model = model_from_state(state)

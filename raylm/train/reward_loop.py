@@ -214,6 +214,8 @@ def reward_loop(config: RewardLoopConfig) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg, device = config.train, ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.cpus_per_worker)
     per_job, accum = split_workers(world, len(config.jobs))
     groups: list = [None] * (world // per_job)   # None: the default group (every rank), or no DDP at all
     if 1 < per_job < world:  # every rank creates every group, in the same order, as torch.distributed requires

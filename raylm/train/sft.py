@@ -37,7 +37,7 @@ from raylm.tokenizer.chat import ChatFormat
 from raylm.tokenizer.shards import load_shards
 from raylm.train.loop import LoopConfig
 from raylm.train.pretrain import token_byte_lengths
-from raylm.train.trainer import fit, model_from_state, plot_losses
+from raylm.train.trainer import fit, model_from_state, plot_losses, workers_line
 
 CHAT_SAMPLES = ["Which is larger, 9.11 or 9.9?", "What is your name?", "Who was Zorblat Quenmire?",
                 "How many times does the letter r appear in strawberry?"]
@@ -150,7 +150,7 @@ def run_sft(cfg: SftConfig, pretrain: StepResult, tokenizer: StepResult, work: W
         tokenizer=base_rel, token_bytes=token_byte_lengths(base_dir), init_checkpoint=base_rel,
         chat_samples=CHAT_SAMPLES)
     name = f"sft-{key}"  # the digest covers the base model's whole history: a new base starts from step 0
-    print(f"[sft] {cfg.num_workers} Ray Train workers, {cfg.steps} steps from {storage.uri(base_rel)}", flush=True)
+    print(f"[sft] {workers_line(cfg)}, {cfg.steps} steps from {storage.uri(base_rel)}", flush=True)
     state = fit(config, cfg.num_workers, cfg.use_gpu, cfg.max_failures, storage, train_rel, name)
     model = model_from_state(state)
     save_pretrained(model, work.local / "hf", tokenizer_dir=base_dir, chat=True)

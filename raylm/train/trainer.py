@@ -48,6 +48,8 @@ def fit_states(config, num_workers: int, use_gpu: bool, max_failures: int, stora
         loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": config.train.cpus_per_worker,
+                                                           **({"GPU": 1} if use_gpu else {})},
                                      placement_strategy=config.train.placement_strategy),
         run_config=RunConfig(name=name, storage_path=storage.path(rel), storage_filesystem=storage.fs,
                              failure_config=FailureConfig(max_failures=max_failures),
@@ -64,6 +66,12 @@ def fit_states(config, num_workers: int, use_gpu: bool, max_failures: int, stora
         if missing:
             raise RuntimeError(f"the final checkpoint of Ray Train run {name!r} lacks {missing}")
         return {f: torch.load(Path(folder) / f, map_location="cpu", weights_only=True) for f in files}
+
+
+def workers_line(cfg) -> str:
+    """"2 Ray Train workers" or "1 Ray Train worker of 2 CPUs", for the log."""
+    line = f"{cfg.num_workers} Ray Train worker{'s' if cfg.num_workers > 1 else ''}"
+    return line + (f" of {cfg.cpus_per_worker} CPUs" if cfg.cpus_per_worker > 1 else "")
 
 
 def model_from_state(state: dict) -> GPT:
