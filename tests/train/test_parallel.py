@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from raylm.config import GPTConfig, StorageConfig, TrainConfig
 from raylm.storage import Storage
@@ -68,3 +69,20 @@ def test_fsdp_matches_ddp_and_resumes_its_sharded_checkpoint_on_one_worker(ray_s
     assert after[0]["loss"] < losses(fsdp)[0] - 1  # it continued from the trained model, not from scratch
     assert after[0]["loss"] == pytest.approx(losses(fsdp)[-1], abs=0.5)
     assert not math.isnan(resumed["metrics"]["val_loss"])
+
+
+@pytest.mark.slow
+def test_one_worker_of_two_cpus_computes_what_two_ddp_workers_compute(ray_session, tmp_path):
+    """The tiny preset's layout: one worker holding both cores (two torch threads), twice the batch."""
+    from raylm.train.trainer import fit
+
+    storage = Storage(StorageConfig(uri=str(tmp_path)))
+    ddp = fit(synthetic_config(tmp_path, steps=10), 2, False, 0, storage, "ray_train", "ddp")
+    one = fit(synthetic_config(tmp_path, steps=10, num_workers=1, cpus_per_worker=2, batch_size=8), 1, False, 0,
+              storage, "ray_train", "one")
+    plain = run_without_ray(synthetic_config(tmp_path, steps=10, num_workers=1, batch_size=8))
+    # the same rows and the same mean: float32 rounding apart from DDP's all-reduce
+    for key, value in ddp["model"].items():
+        torch.testing.assert_close(one["model"][key], value, rtol=1e-3, atol=1e-5)
+    assert one["metrics"]["val_loss"] == pytest.approx(ddp["metrics"]["val_loss"], rel=1e-4)
+    assert losses(one) == pytest.approx([m["loss"] for m in plain if "tokens_per_s" in m], rel=1e-5)
