@@ -143,8 +143,8 @@ class TrainConfig(Strict):
     """The training loop's settings, shared by pretraining and SFT (raylm/train/loop.py)."""
 
     num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks)")
-    cpus_per_worker: int = Field(1, ge=1, description="CPUs each worker reserves, and its torch threads on CPU: "
-                                 "on a small machine, one worker with every core beats DDP between cores")
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs each worker reserves, and its torch threads on CPU "
+                                 "(one worker of N CPUs instead of N DDP workers: benchmarks/pretrain_cpu.py)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="how Ray places the workers: PACK fills a node first, SPREAD one per node")
     use_gpu: bool = False
