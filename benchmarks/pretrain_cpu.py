@@ -3,8 +3,9 @@
 Both train the tiny preset's model on the tokenizer shards of a finished run for the
 same steps with the same total batch: Ray Train with N workers x B sequences
 (DDP over gloo, one torch thread each), the plain process with N*B sequences and N
-torch threads, and Ray Train with one worker of N CPUs (N threads) and N*B sequences. Reported: steady-state tokens/s (from the loop's own log points,
-after the first, so start-up and the first steps do not count) and wall time.
+torch threads, and Ray Train with one worker of N CPUs (N threads) and N*B sequences.
+Reported: steady-state tokens/s (from the loop's own log points, after the first, so
+start-up and the first steps do not count) and wall time.
 
     python benchmarks/pretrain_cpu.py [--config tiny] [--steps 60]
 

@@ -41,7 +41,7 @@ def main() -> None:
     from raylm.steps import Run
     from raylm.tokenizer.bpe import load
     from raylm.tokenizer.chat import ChatFormat
-    from raylm.train.reward_loop import RewardJob, pair_accuracy, score_rankings
+    from raylm.train.reward_loop import RewardJob, pair_accuracy
 
     cfg = load_config(args.config, args.override)
     cfg.name = args.name
@@ -63,16 +63,17 @@ def main() -> None:
     for arm in args.order.split(","):
         started = time.time()
         if arm == "sequential":
-            models = {}
+            trained = {}
             for job in jobs:
-                models.update(train_reward_models(cfg, sft, work, f"seq-{stamp}", [job], pad))
+                trained.update(train_reward_models(cfg, sft, work, f"seq-{stamp}", [job], pad))
         elif arm == "side":
-            models = train_reward_models(cfg, sft, work, f"side-{stamp}", jobs, pad)
+            trained = train_reward_models(cfg, sft, work, f"side-{stamp}", jobs, pad)
         else:
             sys.exit(f"unknown arm {arm!r}: sequential or side")
         wall = time.time() - started
-        accuracy = {name: pair_accuracy(score_rankings(m, data[name]["val"], pad),
-                                        [r["order"] for r in data[name]["val"]]) for name, m in models.items()}
+        models = {name: model for name, (model, _) in trained.items()}
+        accuracy = {name: pair_accuracy(scores, [r["order"] for r in data[name]["val"]])
+                    for name, (_, scores) in trained.items()}   # the loops' own last evaluation
         arms[arm] = {"wall_s": wall, "accuracy": accuracy, "models": models}
         print(f"[bench] {arm}: {wall:.0f} s, held-out accuracy {accuracy}", flush=True)
 

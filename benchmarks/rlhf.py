@@ -63,11 +63,11 @@ def shuffled_control(run, cfg) -> dict:
     from raylm.train.reward_loop import RewardJob
 
     job = RewardJob(name="shuffled", data_file=work.publish("proxy.json"), shuffle_labels=True)
-    model = train_reward_models(cfg, sft, work, f"control-{reward.digest}", [job], pad)["shuffled"]
+    model, scores = train_reward_models(cfg, sft, work, f"control-{reward.digest}", [job], pad)["shuffled"]
     store = open_labels(cfg, run.result("preferences"))
     heldout_ids = [r["item"] for r in data["val"]]
     by_id = {r.item.id: r for r in store.rankings(model=run.result("preferences").metrics["model"])}
-    return evaluate(model, data["val"], [by_id[i] for i in heldout_ids], pad)
+    return evaluate(model, data["val"], [by_id[i] for i in heldout_ids], pad, scores)
 
 
 def rerun_rlhf(run, cfg, folder: str, **changes):

@@ -39,10 +39,9 @@ STEPS = ["data", "search", "tokenizer", "pretrain", "sft", "rl", "preferences", 
 # one of each kind of actor per node: a node holds 2 CPUs, each of these asks for more than half
 # pretraining is killed at its first registered checkpoint (step 10): 90 steps are left to absorb the delay
 PRETRAIN_STEPS = 100
-# training: two one-CPU workers (one per node), not the preset's one worker with both of a laptop's cores
+# training: two one-CPU workers (one per node), whatever the preset's layout
 PLACEMENT = ["data.num_workers=2", "data.worker_cpus=1.5", "pretrain.placement_strategy=STRICT_SPREAD",
-             "pretrain.num_workers=2", "pretrain.cpus_per_worker=1", "pretrain.batch_size=16",
-             "sft.num_workers=2", "sft.cpus_per_worker=1", "sft.grad_accum=1",
+             "pretrain.num_workers=2", "pretrain.cpus_per_worker=1", "sft.num_workers=2", "sft.cpus_per_worker=1",
              f"pretrain.steps={PRETRAIN_STEPS}", "pretrain.checkpoint_every=10", f"pretrain.eval_every={PRETRAIN_STEPS}",
              "sft.placement_strategy=STRICT_SPREAD", "rl.steps=10", "rl.checkpoint_every=1", "rl.learner_cpus=1.5",
              "serve.engine=torch", "serve.host=127.0.0.1", "serve.proxy_location=HeadOnly", "serve.replica_cpus=1.5",

@@ -97,8 +97,9 @@ def length_baseline(train: list[Ranking], heldout: list[Ranking]) -> dict:
 
 
 def train_reward_models(cfg: RunConfig, sft: StepResult, work: Work, key: str, jobs: list[RewardJob],
-                        pad_id: int) -> dict[str, RewardModel]:
-    """Every job's reward model from one Ray Train run (side by side on the workers: raylm/train/reward_loop.py)."""
+                        pad_id: int) -> dict[str, tuple[RewardModel, list[list[float]] | None]]:
+    """Every job's (reward model, its scores of the held-out rankings as the loop's last evaluation left them),
+    from one Ray Train run (side by side on the workers: raylm/train/reward_loop.py)."""
     model_config = from_hf_config(json.loads(sft.storage.local(f"{sft.rel}/hf", only=("config.json",))
                                              .joinpath("config.json").read_text()))
     config = RewardLoopConfig(jobs=jobs, train=cfg.reward, model=model_config, storage=work.storage.cfg,
@@ -107,16 +108,20 @@ def train_reward_models(cfg: RunConfig, sft: StepResult, work: Work, key: str, j
     states = fit_states(config, cfg.reward.num_workers, cfg.reward.use_gpu, cfg.reward.max_failures, work.storage,
                         f"{cfg.name}/ray_train", f"reward-{'-'.join(names)}-{key}", loop=reward_loop,
                         files=[f"{name}.pt" for name in names])
-    models = {}
+    out = {}
     for name in names:
-        models[name] = RewardModel(model_config)
-        models[name].load_state_dict(states[f"{name}.pt"]["model"])
-        models[name].eval()
-    return models
+        state = states[f"{name}.pt"]
+        model = RewardModel(model_config)
+        model.load_state_dict(state["model"])
+        out[name] = (model.eval(), state.get("val_scores"))
+    return out
 
 
-def evaluate(model: RewardModel, heldout: list[dict], rankings: list[Ranking], pad_id: int) -> dict:
-    scores = score_rankings(model, heldout, pad_id)
+def evaluate(model: RewardModel, heldout: list[dict], rankings: list[Ranking], pad_id: int,
+             scores: list[list[float]] | None = None) -> dict:
+    """`scores`: the model's scores of `heldout` where the training loop already computed them."""
+    if scores is None:
+        scores = score_rankings(model, heldout, pad_id)
     orders = [r["order"] for r in heldout]
     per_item = per_item_accuracy(scores, orders)
     gold, gold_items = gold_accuracy(scores, rankings)
@@ -152,10 +157,10 @@ def run_reward(cfg: RunConfig, preferences: StepResult, sft: StepResult, work: W
     print(f"[reward] proxy and watcher in one Ray Train run of {workers} workers: "
           + (f"side by side, {per_job} each ({accum} micro-batches per step)" if per_job < workers
              else "one after the other"), flush=True)
-    models = train_reward_models(cfg, sft, work, key, jobs, pad_id)
+    trained = train_reward_models(cfg, sft, work, key, jobs, pad_id)
     for name, train in (("proxy", halves[0]), ("watch", halves[1])):
-        model = models[name]
-        result = evaluate(model, held_encoded, heldout, pad_id)
+        model, scores = trained[name]
+        result = evaluate(model, held_encoded, heldout, pad_id, scores)
         answers = [(a, len(chat.text(a))) for r in train for a in r.item.answers]
         unseen = [(a, r.item.messages[-1]["content"]) for r in heldout for a in r.item.answers]
         result["support"] = Support.of(answers, unseen).to_dict()

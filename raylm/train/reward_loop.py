@@ -144,6 +144,7 @@ class JobTraining:
         self.epochs: dict[int, list[int]] = {}
         self.tag, self.started = f"[reward:{job.name}]", time.time()
         self.metrics: dict = {}
+        self.val_scores = restored.get("val_scores") if restored else None  # the last evaluation's, per ranking
 
     def picks(self, step: int, micro: int) -> list[dict]:
         """The rankings of one micro-batch: the job's global batch walks a per-epoch shuffle of the rankings."""
@@ -186,8 +187,8 @@ class JobTraining:
                    "grad_norm": float(grad_norm)}
         if self.leader and (done % cfg.eval_every == 0 or done == cfg.steps):
             self.model.eval()
-            metrics["val_accuracy"] = pair_accuracy(score_rankings(self.model, self.val, self.pad_id),
-                                                    [r["order"] for r in self.val])
+            self.val_scores = score_rankings(self.model, self.val, self.pad_id)
+            metrics["val_accuracy"] = pair_accuracy(self.val_scores, [r["order"] for r in self.val])
             self.model.train()
         self.metrics = metrics
         return metrics
@@ -202,7 +203,8 @@ class JobTraining:
     def state(self) -> dict:
         return {"model": {k: v.cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "step": self.metrics.get("step", self.start),
-                "history": self.history, "metrics": self.metrics, "model_config": self.model.cfg.model_dump()}
+                "history": self.history, "metrics": self.metrics, "model_config": self.model.cfg.model_dump(),
+                "val_scores": self.val_scores}   # the final model's held-out scores: the reward step reports them
 
 
 def reward_loop(config: RewardLoopConfig) -> None:
@@ -247,5 +249,6 @@ def reward_loop(config: RewardLoopConfig) -> None:
                     for name, state in {**finished, job.name: run.state()}.items():
                         torch.save(state, Path(tmp) / f"{name}.pt")
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if writes else None)
-        finished[job.name] = run.state()
+        if job is not mine[-1]:  # kept (on CPU) only where a later job's checkpoints must carry it
+            finished[job.name] = run.state()
         del run

@@ -13,7 +13,7 @@ from raylm.config import GPTConfig, RewardConfig, StorageConfig
 from raylm.model.gpt import GPT
 from raylm.model.hf import save_pretrained
 from raylm.storage import Storage
-from raylm.train.reward_loop import RewardJob, RewardLoopConfig, reward_loop, split_workers
+from raylm.train.reward_loop import RewardJob, RewardLoopConfig, pair_accuracy, reward_loop, split_workers
 
 VOCAB, GOOD = 64, 7   # an answer's rank is its count of the GOOD token: learnable in a few steps
 
@@ -71,6 +71,10 @@ def test_side_by_side_equals_each_model_trained_alone_on_every_worker(ray_sessio
     # each learned its own data: the watcher is a different model, and both rank held-out answers by the rule
     assert not torch.allclose(proxy["model"]["score.weight"], watch["model"]["score.weight"])
     assert proxy["metrics"]["val_accuracy"] > 0.7 and watch["metrics"]["val_accuracy"] > 0.7
+    # the held-out scores of the last evaluation travel with each model (the reward step reports from them)
+    for state in (proxy, watch):
+        orders = [r["order"] for r in val]
+        assert pair_accuracy(state["val_scores"], orders) == state["metrics"]["val_accuracy"]
     # one checkpoint folder holds both files, each written by its own worker
     final = sorted(p for p in (tmp_path / "ray_train" / "both").glob("checkpoint_*") if p.is_dir())[-1]
     assert {"proxy.pt", "watch.pt"} <= {p.name for p in final.iterdir()}
