@@ -84,10 +84,10 @@ def rerun_rlhf(run, cfg, folder: str, **changes):
     return Run(changed, on_work=run.on_work).execute("rlhf", at=(run.storage, rel))
 
 
-def hacking_run(run, cfg, steps: int, lr: float, eval_every: int) -> dict:
+def hacking_run(run, cfg, steps: int, lr: float, eval_every: int, validation_prompts: int) -> dict:
     # no SFT loss (ptx) either: nothing holds the policy near SFT
     result = rerun_rlhf(run, cfg, "rlhf_hack", kl_coef=0.0, ptx_coef=0.0, lr=lr, steps=steps, alarm="off",
-                        eval_every=eval_every)
+                        eval_every=eval_every, validation_prompts=validation_prompts)
     folder = result.storage.local(result.rel)
     shutil.copy(folder / "proxy_gold_kl.png", Path(__file__).parent / "rlhf_hacking.png")
     return {"metrics": result.metrics, "history": json.loads((folder / "history.json").read_text())}
@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--hack-lr", type=float, default=5e-4)
     parser.add_argument("--hack-eval-every", type=int, default=2,
                         help="validation (and alarm) every this many steps; the preset's 5 is too coarse to time")
+    parser.add_argument("--hack-validation-prompts", type=int, default=64,
+                        help="greedy validation prompts (gold win rate over SFT): 64 moves ~6 points by chance")
     parser.add_argument("--skip-control", action="store_true")
     parser.add_argument("--skip-hack", action="store_true")
     parser.add_argument("--skip-ptx", action="store_true")
@@ -190,9 +192,10 @@ def main() -> None:
               f"over SFT {win['win_rate']:.1%} (95% CI {win['ci95'][0]:.1%}-{win['ci95'][1]:.1%}) on "
               f"{win['prompts']} held-out prompts; alarm: {rlhf['alarm'] or 'did not fire'}."]
     if not args.skip_hack:
-        hack = summarize_hack(hacking_run(run, cfg, args.hack_steps, args.hack_lr, args.hack_eval_every))
+        hack = summarize_hack(hacking_run(run, cfg, args.hack_steps, args.hack_lr, args.hack_eval_every,
+                                              args.hack_validation_prompts))
         lines += ["", f"Hacking run (kl_coef 0, ptx_coef 0, lr {args.hack_lr}, {args.hack_steps} steps, "
-                  f"validation every {args.hack_eval_every}, "
+                  f"validation every {args.hack_eval_every} on {args.hack_validation_prompts} prompts, "
                   f"alarm off = recorded): "
                   f"proxy {hack['proxy_first']:+.3f} -> {hack['proxy_last']:+.3f}; gold win rate peak "
                   f"{hack['peak_win']:.1%} at step {hack['peak_step']}, last {hack['last_win']:.1%}; alarm at step "
