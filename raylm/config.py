@@ -332,8 +332,9 @@ class RlhfConfig(RlConfig):
     final_prompts: int = Field(300, ge=1, description="held-out-subject prompts of the final gold win rate")
     alarm: Literal["stop", "rollback", "off"] = Field("rollback", description="when the alarm fires: stop and "
                                                         "keep the best checkpoint, or roll back and stop")
-    alarm_support: float = Field(0.3, gt=0, le=1, description="fires when this share of samples is longer or "
-                                 "more repetitive than any answer the reward model was trained on")
+    alarm_support: float = Field(0.3, gt=0, le=1, description="fires when this share of one step's samples "
+                                 "leaves the reward model's support: longer, more repetitive or made of more unseen "
+                                 "words than its training answers, or unlikely under SFT (checked every step)")
     alarm_divergence: float = Field(0.5, gt=0, description="fires when the watcher's validation score falls "
                                     "this far (in its std units) below its best while the proxy's rises")
     ptx_coef: float = Field(0.0, ge=0, description="weight of the SFT loss on demonstrations of the other task "

@@ -18,7 +18,8 @@ the validation signal: the best checkpoint by it is kept. The hacking alarm
 (raylm/rlhf/monitor.py) fires when the samples leave the reward model's support
 (longer, more repetitive or more novel than its training answers, or less likely
 under the SFT model, which wrote those answers, than 99% of its own first batch
-was) or the watcher falls while the proxy rises; `alarm: rollback` then restores the
+was; checked after every step, a step it fires at is validated too) or the watcher falls while the
+proxy rises (checked at each validation); `alarm: rollback` then restores the
 kept checkpoint and stops, `stop` stops, `off` only records it.
 
 The gold judge (the synthetic rater's noise-free rule) never steers anything
@@ -164,9 +165,12 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
     if start:
         print(f"[rlhf] restored from step {start}", flush=True)
         pool.sync_from(learner)
-        for m in history:
+        for m in history:  # the alarm as it stood: every step's support share, every validation's scores
+            share = max(m.get("support_outside", 0.0), m.get("support_unlikely", 0.0))
             if "val/watch" in m:
-                alarm.update(m["step"], m["val/proxy"], m["val/watch"], m.get("support_outside", 0.0))
+                alarm.update(m["step"], m["val/proxy"], m["val/watch"], share)
+            else:
+                alarm.support(m["step"], share)
     else:
         history.append({"step": 0, **first, "kl_seq": 0.0})
         ray.get(learner.keep_best.remote(0))
@@ -198,10 +202,15 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
                 limit = metrics["support_nll_limit"] = sorted(nll)[min(len(nll) - 1, int(0.99 * len(nll)))]
             metrics["support_unlikely"] = sum(x > limit for x in nll) / len(nll) if nll else 0.0
             outside.append(metrics["support_unlikely"])
-            if done % rl.eval_every == 0 or done == rl.steps:
+            share = max(outside, default=0.0)
+            outside.clear()
+            # the support needs no validation: it is checked every step, and a step it fires at is validated
+            # too (the record shows where the scores stood, and what a rollback goes back from)
+            reason = alarm.support(done, share)
+            fires_now = bool(reason) and alarm.fired["step"] == done
+            if done % rl.eval_every == 0 or done == rl.steps or fires_now:
                 metrics.update(validation())
-                reason = alarm.update(done, metrics["val/proxy"], metrics["val/watch"], max(outside, default=0.0))
-                outside.clear()
+                reason = alarm.update(done, metrics["val/proxy"], metrics["val/watch"], share)
                 if metrics["val/watch"] > best and not reason:  # a step the alarm fires at is never the one kept
                     best, best_step = metrics["val/watch"], done
                     ray.get(learner.keep_best.remote(done))

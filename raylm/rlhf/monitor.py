@@ -2,8 +2,9 @@
 
     support = Support.of(training_answers, unseen_answers)   # what the reward model was trained on
     share = support.outside(answers)                     # share longer / more repetitive / more novel
-    alarm = HackingAlarm(support_limit=0.3, divergence=0.5)
-    reason = alarm.update(step, proxy=..., watch=..., outside=share)   # None, or why it fires
+    alarm = HackingAlarm(support_limit=0.3, divergence=0.5, watch_spread=0.5)
+    reason = alarm.support(step, share)                      # every step: None, or why it fires
+    reason = alarm.update(step, proxy=..., watch=..., outside=share)   # at validation: both signals
 
 A reward model is a network fitted to a few hundred rankings; RL finds what it
 over-pays for (Gao et al. 2022; the "the the the" joke). Two signals that need no
@@ -88,19 +89,27 @@ class HackingAlarm:
         self.proxy_at_best: float | None = None
         self.fired: dict | None = None
 
-    def update(self, step: int, proxy: float, watch: float, outside: float) -> str | None:
-        """The validation scores of proxy and watcher, and the support share of this step's samples."""
-        if self.best_watch is None or watch > self.best_watch:
-            self.best_watch, self.proxy_at_best = watch, proxy
+    def support(self, step: int, outside: float) -> str | None:
+        """The support share of one step's samples: checked every step, since it needs no validation."""
         reason = None
-        fall = (self.best_watch - watch) / self.spread
         if outside > self.support_limit:
             reason = (f"{outside:.0%} of the samples left the reward model's support: longer, more repetitive or "
                       f"made of more unseen words than its training answers, or unlikely under the model that wrote "
                       f"them (limit {self.support_limit:.0%})")
-        elif fall >= self.divergence and proxy > self.proxy_at_best:
-            reason = (f"the watcher reward model's validation score fell {fall:.2f} spreads below its best while "
-                      f"the proxy's rose ({self.proxy_at_best:.3f} -> {proxy:.3f})")
+        return self._fire(step, reason)
+
+    def update(self, step: int, proxy: float, watch: float, outside: float) -> str | None:
+        """The validation scores of proxy and watcher, and the support share of this step's samples."""
+        if self.best_watch is None or watch > self.best_watch:
+            self.best_watch, self.proxy_at_best = watch, proxy
+        reason = self.support(step, outside)
+        fall = (self.best_watch - watch) / self.spread
+        if reason is None and fall >= self.divergence and proxy > self.proxy_at_best:
+            reason = self._fire(step, f"the watcher reward model's validation score fell {fall:.2f} spreads below "
+                                      f"its best while the proxy's rose ({self.proxy_at_best:.3f} -> {proxy:.3f})")
+        return reason
+
+    def _fire(self, step: int, reason: str | None) -> str | None:
         if reason and self.fired is None:
             self.fired = {"step": step, "reason": reason}
         return reason

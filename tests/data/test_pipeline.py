@@ -88,10 +88,19 @@ def test_run_resumes_and_redoes_what_a_change_upstream_touches(ray_session, samp
     assert main(args) == 0
     assert capsys.readouterr().out.count("already finished") == len(steps)
 
-    # a data filter changes: every step below the data step is redone from scratch, nothing is resumed
-    changed = args + ["-o", "data.filters.gopher_min_doc_words=40"]
+    # a data filter changes: every step below the data step is redone from scratch, nothing is resumed.
+    # RLHF's answers may now run past the 16 tokens of every answer its reward models were trained on:
+    # beyond their support, so the hacking alarm fires on the first step (between two validations),
+    # rolls back to the SFT model's step 0 and stops
+    changed = args + ["-o", "data.filters.gopher_min_doc_words=40", "-o", "rlhf.max_new_tokens=48",
+                      "-o", "rlhf.eval_every=2", "-o", "rlhf.alarm_support=0.2"]
     assert main(changed) == 0
     redone = {step: json.loads((run / step / "manifest.json").read_text()) for step in steps}
+    alarm = redone["rlhf"]["metrics"]["alarm"]
+    assert alarm["step"] == 1 and alarm["kept_step"] == 0 and "support" in alarm["reason"]
+    assert redone["rlhf"]["metrics"]["steps"] == 1 and redone["rlhf"]["metrics"]["kept_step"] == 0
+    rlhf_history = json.loads((run / "rlhf" / "history.json").read_text())
+    assert [m["step"] for m in rlhf_history] == [0, 1] and "val/watch" in rlhf_history[1]  # validated as it fired
     assert all(redone[s]["config_hash"] != manifests[s]["config_hash"] for s in steps)
     history = json.loads((run / "pretrain" / "history.json").read_text())
     # trained from step 0: the first report is the first log point (log_every=10), nothing was restored

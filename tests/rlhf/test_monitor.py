@@ -41,3 +41,12 @@ def test_alarm_fires_when_samples_leave_the_support_and_not_when_both_fall():
     alarm.update(0, proxy=1.0, watch=1.0, outside=0.0)
     assert alarm.update(5, proxy=0.0, watch=0.0, outside=0.1) is None      # both fell: a bad step, not hacking
     assert "left the reward model's support" in alarm.update(10, proxy=0.0, watch=0.0, outside=0.5)
+
+
+def test_the_support_is_checked_on_its_own_every_step_and_the_first_firing_is_kept():
+    alarm = HackingAlarm(support_limit=0.3, divergence=0.5, watch_spread=1.0)
+    assert alarm.support(1, 0.1) is None and alarm.fired is None
+    assert "left the reward model's support" in alarm.support(3, 0.4)      # between two validations
+    assert alarm.fired["step"] == 3
+    alarm.update(5, proxy=2.0, watch=-1.0, outside=0.9)
+    assert alarm.fired["step"] == 3
