@@ -175,7 +175,7 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
         history.append({"step": 0, **first, "kl_seq": 0.0})
         ray.get(learner.keep_best.remote(0))
         print(f"[rlhf] start: {_fmt(history[0])} ({time.perf_counter() - started:.0f}s)", flush=True)
-    outside: list[float] = []
+    outside: list[float] = []  # every scoring round's share (refills too), then the step's unlikely share
 
     def score(tasks: list[Task], groups) -> tuple[torch.Tensor, dict]:
         texts = [[answer_text(chat.parse(s.ids)) for s in group] for group in groups]

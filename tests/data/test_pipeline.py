@@ -89,9 +89,9 @@ def test_run_resumes_and_redoes_what_a_change_upstream_touches(ray_session, samp
     assert capsys.readouterr().out.count("already finished") == len(steps)
 
     # a data filter changes: every step below the data step is redone from scratch, nothing is resumed.
-    # RLHF's answers may now run past the 16 tokens of every answer its reward models were trained on:
-    # beyond their support, so the hacking alarm fires on the first step (between two validations),
-    # rolls back to the SFT model's step 0 and stops
+    # RLHF may now answer with up to 48 tokens, past every answer its reward models were trained on (sampled
+    # with 16 new tokens: 18-20 tokens re-tokenized): beyond their support, so the hacking alarm fires on the
+    # first step (between two validations), rolls back to the SFT model's step 0 and stops
     changed = args + ["-o", "data.filters.gopher_min_doc_words=40", "-o", "rlhf.max_new_tokens=48",
                       "-o", "rlhf.eval_every=2", "-o", "rlhf.alarm_support=0.2"]
     assert main(changed) == 0
