@@ -57,9 +57,12 @@ def local_ray_env() -> dict[str, str]:
     - Up to 8 idle worker processes are kept (Ray keeps num_cpus = 2 by default): Ray Data runs shuffle
       map and reduce tasks in separate worker pools, so with 2 a process was restarted between every job
       (5-20 s each on a busy 2-core machine; the connected-components test went from 173 s to 17 s).
+    - Ray Train's controller polls its workers every 0.25 s, not 2 s: a worker's report waits in a queue of
+      one until the next poll, so reports closer than the poll interval throttle training to one per
+      interval (the tiny preset reports every 10 steps of about 0.17 s; the wait for a poll is a sync point).
     """
     ports = free_ports(4)
-    return {"RAY_worker_niceness": "0", "RAY_num_workers_soft_limit": "8",
+    return {"RAY_worker_niceness": "0", "RAY_num_workers_soft_limit": "8", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
             "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
             "RAY_SERVE_HAPROXY_NBTHREAD": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
             "RAY_SERVE_HAPROXY_STATS_PORT": str(ports[0]), "RAY_SERVE_HAPROXY_METRICS_PORT": str(ports[1]),

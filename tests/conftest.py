@@ -89,6 +89,19 @@ def sample_files() -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def single_node_kept(ray_session, sample_files, tmp_path_factory) -> set[str]:
+    """The kept ids of `raylm data` on one sample file (sample_files[3]) on the test session's one-node Ray:
+    what the cluster drills (two nodes, autoscaling) must keep too."""
+    import pyarrow.dataset as pads
+
+    from raylm.cli import main
+
+    out = tmp_path_factory.mktemp("single") / "clean"
+    assert main(["data", "--input", str(sample_files[3]), "--output", str(out)]) == 0
+    return set(pads.dataset(str(out / "kept"), format="parquet").to_table(columns=["id"]).column("id").to_pylist())
+
+
+@pytest.fixture(scope="session")
 def sample_tokenizer(ray_session, sample_files, tmp_path_factory):
     """A tokenizer step (vocab 1024, shards) on the sample crawl's English pages (extraction only, to stay
     quick), as the StepResult that pretraining takes; its folder is `result.storage.path(result.rel)`."""

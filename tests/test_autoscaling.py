@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 RESULTS = ROOT / "benchmarks" / "out" / "cluster_drills.json"
 RUNTIME_ENV = {"excludes": [".venv", "runs", ".git", "tests", "benchmarks", "*.pyc"]}
 IDLE_TIMEOUT_S = 20  # the manifest's 300 s, scaled down: long enough to keep nodes between a job's stages
-SAMPLE = "raylm/sample/crawl/sample-00000.warc.gz"
+SAMPLE = "raylm/sample/crawl/sample-00003.warc.gz"  # the input of the single_node_kept fixture
 # two cleaning actors of one CPU each, plus their read tasks: more CPUs than one `cpu` node (2) offers
 DATA_ARGS = ["--input", SAMPLE, "-o", "data.num_workers=2", "-o", "data.worker_cpus=1", "-o", "data.batch_size=256"]
 
@@ -40,21 +40,7 @@ def kept_ids(folder: Path) -> set[str]:
     return set(pads.dataset(str(folder / "kept"), format="parquet").to_table(columns=["id"]).column("id").to_pylist())
 
 
-@pytest.fixture(scope="module")
-def local_kept(tmp_path_factory) -> set[str]:
-    """The kept ids of the same data step on a plain local Ray (3 CPUs: the actors' 2 and room for reads)."""
-    import subprocess
-    import sys
-
-    out = tmp_path_factory.mktemp("local") / "clean"
-    run = subprocess.run([sys.executable, "jobs/data.py", *DATA_ARGS, "--output", str(out), "-o", "ray.num_cpus=3",
-                          "-o", f"storage.uri={out.parent}/runs"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    return kept_ids(out)
-
-
-def test_data_step_grows_the_cpu_group_from_zero_and_it_shrinks_back(local_kept, tmp_path):
+def test_data_step_grows_the_cpu_group_from_zero_and_it_shrinks_back(single_node_kept, tmp_path):
     with FakeCluster(idle_timeout_s=IDLE_TIMEOUT_S) as cluster:
         assert cluster.samples[-1][1] == {"cpu": 0, "gpu": 0}  # no workers: the head alone, 0 CPUs
         out = tmp_path / "clean"
@@ -77,7 +63,7 @@ def test_data_step_grows_the_cpu_group_from_zero_and_it_shrinks_back(local_kept,
     assert first["cpu"] >= 1 and first["gpu"] == 0, first
     assert peak >= 1
     assert "[ray] joined a cluster of" in logs and "kept " in logs
-    assert kept_ids(out) == local_kept
+    assert kept_ids(out) == single_node_kept  # as on a plain one-node Ray
     record(RESULTS, "data_step", {
         "submit_to_first_cpu_node_s": round(first_up - submitted, 1),
         "peak_cpu_nodes": peak,

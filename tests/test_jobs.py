@@ -73,8 +73,8 @@ def ray_head():
     finally:
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGTERM)
-            try:
-                head.wait(timeout=30)
+            try:  # `ray start --block` never exits on SIGTERM alone (it waited out 30 s here every time)
+                head.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)

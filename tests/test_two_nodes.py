@@ -133,16 +133,6 @@ class RetryingClient:
         self.thread.join(timeout=120)
 
 
-@pytest.fixture(scope="module")
-def single_node_kept(ray_session, sample_files, tmp_path_factory) -> set[str]:
-    """The kept ids of the same input on the test session's one-node Ray."""
-    from raylm.cli import main
-
-    out = tmp_path_factory.mktemp("single") / "clean"
-    assert main(["data", "--input", str(sample_files[3]), "--output", str(out)]) == 0
-    return kept_ids(pads.dataset(str(out / "kept"), format="parquet"))
-
-
 def test_pipeline_on_two_nodes_with_s3_and_faults(single_node_kept, sample_files, tmp_path):
     local_runs = Path("/var/tmp") / f"raylm-drill-{tmp_path.name}"  # a folder each node has for itself
     figures: dict = {}
