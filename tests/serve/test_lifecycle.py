@@ -5,7 +5,8 @@ Each server runs in a PID namespace of its own (`unshare --pid`, entered with `n
 `ray stop` stops only that server's Ray and not this test session's, and so that whatever a stop leaves
 behind is reparented to the namespace's holder process, where it is found. The namespace shares the
 network: ports are the machine's. Orders: SIGTERM and SIGINT to the server's process group, `ray stop`,
-a SIGKILLed replica (Serve replaces it; the old engine must go) and then a SIGKILLed raylet.
+a SIGKILLed replica (Serve replaces it; the old engine must go) and then a SIGKILLed raylet; two
+orders at a time, each server in its own namespace.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import signal
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from raylm.ray_setup import free_ports
 from raylm.serve.lifecycle import ENGINE_NAMES, named
 from tests.serve.conftest import free_port
 
@@ -146,18 +149,31 @@ def stop(space: Namespace, server: subprocess.Popen, order: str, root: Path, por
     server.wait(timeout=10)
 
 
-@pytest.mark.parametrize("order", ["sigterm", "sigint", "ray-stop", "replica-then-raylet-killed"])
-def test_nothing_outlives_the_server(namespace, scripted_checkpoint, tmp_path_factory, order):
+def serve_and_stop(checkpoint: str, root: Path, order: str, port: int) -> None:
+    """A server in a namespace of its own, stopped in `order`: nothing may be left, and the port is free."""
+    space = Namespace()
+    try:
+        server = start_server(space, checkpoint, port, root, order)
+        assert any(name == "haproxy" for name in space.left().values())  # the ingress under test is up
+        stop(space, server, order, root, port)
+        assert wait_until(lambda: not space.left(), 20), f"left after {order}: {space.left()}"
+        # the port is free again: the next test's server (same port) must start healthy
+        with server_socket() as probe:
+            probe.bind(("127.0.0.1", port))
+    finally:
+        space.close()
+
+
+# Two servers at once, each in its own namespace and on its own port (the next pair reuses both ports): a
+# start is mostly one core's Python imports, so two overlap (a pair took 110 s, one after the other 140-165 s).
+@pytest.mark.parametrize("orders", [("sigterm", "sigint"), ("ray-stop", "replica-then-raylet-killed")], ids="+".join)
+def test_nothing_outlives_the_server(scripted_checkpoint, tmp_path_factory, orders):
     checkpoint, _, _ = scripted_checkpoint
-    root = tmp_path_factory.mktemp(f"serve-{order}")
-    port = PORT
-    server = start_server(namespace, checkpoint.uri(), port, root, order)
-    assert any(name == "haproxy" for name in namespace.left().values())  # the ingress under test is up
-    stop(namespace, server, order, root, port)
-    assert wait_until(lambda: not namespace.left(), 20), f"left after {order}: {namespace.left()}"
-    # the port is free again: the next test's server (same port) must start healthy
-    with server_socket() as probe:
-        probe.bind(("127.0.0.1", port))
+    with ThreadPoolExecutor(len(orders)) as pool:
+        stops = [pool.submit(serve_and_stop, checkpoint.uri(), tmp_path_factory.mktemp(f"serve-{order}"), order, port)
+                 for order, port in zip(orders, PORTS)]
+        for done in stops:
+            done.result()  # raises what failed in that server's thread
 
 
 def test_a_taken_port_fails_the_start_at_once(namespace, scripted_checkpoint, tmp_path):
@@ -191,4 +207,5 @@ def test_leftover_engine_blocks_the_start(namespace, tmp_path, scripted_checkpoi
         orphan.kill()
 
 
-PORT = free_port()
+PORTS = free_ports(2)
+PORT = PORTS[0]
