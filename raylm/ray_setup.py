@@ -57,9 +57,10 @@ def local_ray_env() -> dict[str, str]:
     - Up to 8 idle worker processes are kept (Ray keeps num_cpus = 2 by default): Ray Data runs shuffle
       map and reduce tasks in separate worker pools, so with 2 a process was restarted between every job
       (5-20 s each on a busy 2-core machine; the connected-components test went from 173 s to 17 s).
-    - Ray Train's controller polls its workers every 0.25 s, not 2 s: a worker's report waits in a queue of
-      one until the next poll, so reports closer than the poll interval throttle training to one per
-      interval (the tiny preset reports every 10 steps of about 0.17 s; the wait for a poll is a sync point).
+    - Ray Train's controller polls its workers every 0.25 s, not 2 s: it takes a worker's report out of a
+      queue of one at each poll, so a loop reporting more often waited for the poll (a report every step
+      trained one step per 2 s), and a run's start and end were noticed up to 2 s late (benchmarks/
+      RESULTS.md, "Ray Train's report poll").
     """
     ports = free_ports(4)
     return {"RAY_worker_niceness": "0", "RAY_num_workers_soft_limit": "8", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
