@@ -8,7 +8,6 @@ whatever the user asks, it calls `search Veltrane`, reads the result, then answe
 from __future__ import annotations
 
 import os
-import socket
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +15,7 @@ import pytest
 
 from raylm.config import ServeConfig, StorageConfig
 from raylm.model.hf import save_pretrained
+from raylm.ray_setup import free_ports
 from raylm.storage import Storage
 from raylm.tasks import generate_tasks
 from raylm.tokenizer.bpe import load, save, train_bpe
@@ -28,9 +28,7 @@ CALL, ANSWER = "search Veltrane", " It opened in 1873."
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @pytest.fixture(scope="package")
