@@ -8,8 +8,10 @@ repeated --repeats times with the order alternating, so that a noisy machine's
 slow spells hit both; within a session every level runs --rounds times. (With
 both servers up at once, taking turns, the raylm runs came out 2-3x slower than
 alone, for reasons not found: so, one at a time.) Every request is a streamed
-chat completion of a held-out task (compare / spelling / arithmetic / identity,
-none of which calls a tool) with an explicit system message, temperature 0 and
+chat completion of a held-out task (compare / spelling / unknown entities /
+identity, none of which calls a tool; the calculator preset's model calls the
+calculator on every arithmetic task, which raylm answers with a tool round and
+vLLM's server cannot) with an explicit system message, temperature 0 and
 max_tokens --max-tokens, so both servers run the same prompts and greedy decoding.
 
 Per level: requests/s and output tokens/s (from the usage both servers report;
@@ -43,7 +45,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-FAMILIES = {"compare": 1, "spelling": 1, "arithmetic": 1, "identity": 1}
+FAMILIES = {"compare": 1, "spelling": 1, "unknown_entities": 1, "identity": 1}
 
 
 def requests_for(count: int, seed: int = 99) -> list[list[dict]]:
@@ -170,7 +172,9 @@ SERVERS = {"raylm": [], "raylm-baseline": [], "raylm-per-token": ["-o", "serve.s
            "raylm-uncolocated": ["-o", "serve.colocate_engine_core=false"],
            "raylm-colocate1": ["-o", "serve.colocate_from_requests=1"],
            "vllm": [], "vllm-interval4": ["--stream-interval", "4"], "vllm-colocated": []}
-SERVER_ENV = {"raylm-python-proxy": {"RAY_SERVE_ENABLE_HA_PROXY": "0"}}
+SERVERS["raylm-ray-upkeep"] = []  # Ray's defaults for its own upkeep (raylm/ray_setup.py trims them)
+SERVER_ENV = {"raylm-python-proxy": {"RAY_SERVE_ENABLE_HA_PROXY": "0"},
+              "raylm-ray-upkeep": {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1", "RAY_enable_metrics_collection": "1"}}
 
 
 def server_command(name: str, checkpoint: str, port: int, context: int) -> list[str]:

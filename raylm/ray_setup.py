@@ -61,9 +61,15 @@ def local_ray_env() -> dict[str, str]:
       queue of one at each poll, so a loop reporting more often waited for the poll (a report every step
       trained one step per 2 s), and a run's start and end were noticed up to 2 s late (benchmarks/
       RESULTS.md, "Ray Train's report poll").
+    - Ray's own upkeep trimmed: Serve's controller runs its control loop every 0.5 s, not 0.1 s, and Ray's
+      metrics pipeline (every process exporting to the dashboard agent, for a Prometheus nobody scrapes on a
+      laptop) is off. An idle `raylm serve` spent 18% of a core on Ray's processes (controller 5%); on
+      2 cores that CPU comes out of HTTP and the clients, and under 32 clients it was the difference between
+      a saturated core and a busy one (benchmarks/RESULTS.md, "Ray's upkeep").
     """
     ports = free_ports(4)
     return {"RAY_worker_niceness": "0", "RAY_num_workers_soft_limit": "8", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+            "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_enable_metrics_collection": "0",
             "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
             "RAY_SERVE_HAPROXY_NBTHREAD": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
             "RAY_SERVE_HAPROXY_STATS_PORT": str(ports[0]), "RAY_SERVE_HAPROXY_METRICS_PORT": str(ports[1]),
