@@ -111,6 +111,39 @@ async def load(url: str, model: str, prompts: list[list[dict]], concurrency: int
         return {"wall": time.perf_counter() - start, "results": results}
 
 
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """pid -> (process name, CPU seconds it has used) for every process on the machine but this one (the
+    load generator): with one server up at a time, that is the server's processes."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        except OSError:
+            continue
+        if int(pid) == os.getpid() or not argv[0]:
+            continue
+        # ray::ServeReplica:..., haproxy, VLLM::Worker; for Python the module or script it runs
+        name = os.path.basename(argv[0].split(" ")[0])
+        if name.startswith("ray::"):  # an actor's title carries the method it runs now
+            name = name.split(".")[0]
+        if name.startswith("python"):
+            rest = [a for a in argv[1:] if a and a not in ("-u", "-B")]
+            name = (rest[1] if rest[0] == "-m" else "python -c" if rest[0] == "-c" else os.path.basename(rest[0])
+                    ) if len(rest) > 1 else name
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(pid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_used(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds per process name between two cpu_seconds() snapshots."""
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        used[name] = used.get(name, 0.0) + seconds - before.get(pid, (name, 0.0))[1]
+    return {name: round(seconds, 3) for name, seconds in sorted(used.items(), key=lambda kv: -kv[1]) if seconds > 0}
+
+
 def summarize(runs: list[dict], concurrency: int) -> dict:
     """Throughput: the median over runs (sessions x rounds); latency percentiles: over every request of every run."""
     done = [r for run in runs for r in run["results"]]
@@ -129,6 +162,11 @@ def summarize(runs: list[dict], concurrency: int) -> dict:
             "req_per_s": per_run(lambda run: sum(r.get("ok", False) for r in run["results"]) / run["wall"]),
             "req_per_s_all": [round(sum(r.get("ok", False) for r in run["results"]) / run["wall"], 2) for run in runs],
             "output_tok_per_s": per_run(lambda run: sum(r.get("tokens", 0) for r in run["results"]) / run["wall"]),
+            # the server's CPU per request, all its processes (Ray's, HAProxy, the engine's) together
+            "server_cpu_ms_per_request": per_run(lambda run: 1000 * sum(run["server_cpu"].values()) /
+                                                 max(1, sum(r.get("ok", False) for r in run["results"]))),
+            "server_cpu_s": {name: round(sum(run["server_cpu"].get(name, 0) for run in runs), 2)
+                             for name in runs[0]["server_cpu"]},
             "mean_output_tokens": statistics.mean(r["tokens"] for r in ok) if ok else 0,
             "latency_p50_s": pct(latencies, 0.5), "latency_p99_s": pct(latencies, 0.99),
             "ttft_p50_s": pct(ttfts, 0.5), "ttft_p99_s": pct(ttfts, 0.99),
@@ -237,6 +275,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--api-key-env", default="RAYLM_API_KEY")
     parser.add_argument("--out", default="benchmarks/out")
+    parser.add_argument("--idle-seconds", type=float, default=0,
+                        help="after warm-up, measure the idle server's CPU for this long")
     parser.add_argument("--baseline-tree", help="source tree that raylm-baseline runs (before/after a change)")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -245,6 +285,7 @@ def main() -> None:
     prompts = requests_for(args.requests)
     runs = {name: {c: [] for c in args.concurrency} for name in args.servers}
     startup: dict[str, list[float]] = {name: [] for name in args.servers}
+    idle: dict[str, list[dict]] = {name: [] for name in args.servers}
     for repeat in range(args.repeats):
         # One server at a time, its processes gone before the next starts; the order alternates per repeat,
         # so a noisy machine's slow spells fall on both.
@@ -259,9 +300,16 @@ def main() -> None:
 
                     print(f"[{name}] engine core moved to CPUs {colocate_engine_core(process.pid)}", flush=True)
                 asyncio.run(load(url, "raylm", prompts[:8], 4, args.max_tokens))  # warm-up
+                if args.idle_seconds:  # what the server costs the machine while nobody asks it anything
+                    before = cpu_seconds()
+                    time.sleep(args.idle_seconds)
+                    idle[name].append(cpu_used(before, cpu_seconds()))
+                    print(f"[{name}] idle: {sum(idle[name][-1].values()) / args.idle_seconds:.3f} cores", flush=True)
                 for _ in range(args.rounds):
                     for concurrency in args.concurrency:
+                        before = cpu_seconds()
                         run = asyncio.run(load(url, "raylm", prompts, concurrency, args.max_tokens))
+                        run["server_cpu"] = cpu_used(before, cpu_seconds())
                         runs[name][concurrency].append(run)
                         ok = sum(r.get("ok", False) for r in run["results"])
                         print(f"[{name}] repeat {repeat} {concurrency:>3} clients: {ok / run['wall']:.2f} req/s, "
@@ -270,6 +318,8 @@ def main() -> None:
                 stop_server(process)
                 wait_gone()
     results = {name: {"startup_s": statistics.median(startup[name]),
+                      "idle_cores": [round(sum(i.values()) / args.idle_seconds, 3) for i in idle[name]],
+                      "idle_cpu_s": idle[name],
                       "levels": [summarize(runs[name][c], c) for c in args.concurrency]} for name in args.servers}
     names = list(results)
     reference = names[-1]  # every other server is compared with the last one named
@@ -282,13 +332,19 @@ def main() -> None:
             print(f"{a['concurrency']:>3} clients: {name}/{reference} throughput "
                   f"{a['req_per_s'] / b['req_per_s']:.2f}x (90% bootstrap interval {low:.2f}-{high:.2f})")
     print("\n| server | clients | req/s (median of runs) | output tok/s | p50 latency | p99 latency | p50 TTFT "
-          "| p99 TTFT | failed |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| p99 TTFT | server CPU per request | failed |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, server in results.items():
         for r in server["levels"]:
             print(f"| {name} | {r['concurrency']} | {r['req_per_s']:.2f} {r['req_per_s_all']} | "
                   f"{r['output_tok_per_s']:.0f} | {r['latency_p50_s']:.2f} s | {r['latency_p99_s']:.2f} s | "
-                  f"{r['ttft_p50_s'] * 1000:.0f} ms | {r['ttft_p99_s'] * 1000:.0f} ms | {r['failed']}/{r['requests']} |")
+                  f"{r['ttft_p50_s'] * 1000:.0f} ms | {r['ttft_p99_s'] * 1000:.0f} ms | "
+                  f"{r['server_cpu_ms_per_request']:.1f} ms | {r['failed']}/{r['requests']} |")
+    for name, server in results.items():
+        top = sorted(server["levels"][-1]["server_cpu_s"].items(), key=lambda kv: -kv[1])[:8]
+        print(f"{name}, {server['levels'][-1]['concurrency']} clients, CPU s by process over all runs: {top}")
+        if server["idle_cores"]:
+            print(f"{name}, idle: {server['idle_cores']} cores")
     for server in results.values():
         for level in server["levels"]:
             level.pop("texts")
