@@ -63,9 +63,9 @@ def local_ray_env() -> dict[str, str]:
       RESULTS.md, "Ray Train's report poll").
     - Ray's own upkeep trimmed: Serve's controller runs its control loop every 0.5 s, not 0.1 s, and Ray's
       metrics pipeline (every process exporting to the dashboard agent, for a Prometheus nobody scrapes on a
-      laptop) is off. An idle `raylm serve` spent 18% of a core on Ray's processes (controller 5%); on
-      2 cores that CPU comes out of HTTP and the clients, and under 32 clients it was the difference between
-      a saturated core and a busy one (benchmarks/RESULTS.md, "Ray's upkeep").
+      laptop) is off. An idle `raylm serve` used 0.23-0.25 cores with Ray's defaults and 0.17 with these
+      (vLLM's own server 0.06); on 2 cores that CPU comes out of HTTP and the clients: at 32 clients the
+      p99 time to first token went from 1.3-1.8 s to 0.2-0.4 s (benchmarks/RESULTS.md, "Ray's upkeep").
     """
     ports = free_ports(4)
     return {"RAY_worker_niceness": "0", "RAY_num_workers_soft_limit": "8", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",

@@ -2,7 +2,7 @@
 
 The model is a real GPT checkpoint whose weights follow a script (tests/tools/test_runner.py):
 whatever the user asks, it calls `search Veltrane`, reads the result, then answers
-" It opened in 1873." So the replies are known exactly, and every reply is a tool turn.
+" It opened in 1873, after nine years of work by two hundred masons." So the replies are known exactly, and every reply is a tool turn.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from raylm.tools.search import build_index
 from tests.tools.test_runner import scripted_model
 
 API_KEY = "test-key-123"
-CALL, ANSWER = "search Veltrane", " It opened in 1873."
+# The answer is long enough (17 tokens) that it reaches a client in several chunks even when vLLM merges the
+# deltas of a few engine steps (it does when the replica reads later than the engine writes: a 5-token answer
+# once arrived whole).
+CALL, ANSWER = "search Veltrane", " It opened in 1873, after nine years of work by two hundred masons."
 
 
 def free_port() -> int:
