@@ -16,12 +16,15 @@ max_tokens --max-tokens, so both servers run the same prompts and greedy decodin
 
 Per level: requests/s and output tokens/s (from the usage both servers report;
 median of all runs), p50/p99 latency and time to first token (over all
-requests), failed requests. The load generator runs on the same machine.
+requests), failed requests, and the server's CPU per request and by process
+(every process on the machine but the load generator's, read from /proc; with
+--idle-seconds also while idle). The load generator runs on the same machine.
 
     python benchmarks/serve.py --checkpoint runs/tiny/rl/hf [--concurrency 1 8 32 --requests 64 --repeats 3 --rounds 1]
     python benchmarks/serve.py --servers raylm-per-token vllm-interval4     # the other streaming settings
     python benchmarks/serve.py --servers raylm raylm-python-proxy vllm      # HAProxy vs Serve's Python proxy
     python benchmarks/serve.py --servers raylm raylm-uncolocated vllm-colocated vllm   # engine-core placement
+    python benchmarks/serve.py --servers raylm raylm-ray-upkeep vllm-colocated --idle-seconds 20  # Ray's upkeep
     git worktree add /tmp/before HEAD~1 && python benchmarks/serve.py --servers raylm raylm-baseline \
         vllm-colocated --baseline-tree /tmp/before                                    # before/after a change
 """
@@ -127,10 +130,9 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
         name = os.path.basename(argv[0].split(" ")[0])
         if name.startswith("ray::"):  # an actor's title carries the method it runs now
             name = name.split(".")[0]
-        if name.startswith("python"):
-            rest = [a for a in argv[1:] if a and a not in ("-u", "-B")]
-            name = (rest[1] if rest[0] == "-m" else "python -c" if rest[0] == "-c" else os.path.basename(rest[0])
-                    ) if len(rest) > 1 else name
+        rest = [a for a in argv[1:] if a and a not in ("-u", "-B")]
+        if name.startswith("python") and rest:
+            name = {"-m": rest[1:2] and rest[1], "-c": "python -c"}.get(rest[0]) or os.path.basename(rest[0])
         fields = stat[stat.rindex(")") + 2:].split()
         out[int(pid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
     return out
@@ -166,7 +168,7 @@ def summarize(runs: list[dict], concurrency: int) -> dict:
             "server_cpu_ms_per_request": per_run(lambda run: 1000 * sum(run["server_cpu"].values()) /
                                                  max(1, sum(r.get("ok", False) for r in run["results"]))),
             "server_cpu_s": {name: round(sum(run["server_cpu"].get(name, 0) for run in runs), 2)
-                             for name in runs[0]["server_cpu"]},
+                             for name in {name for run in runs for name in run["server_cpu"]}},
             "mean_output_tokens": statistics.mean(r["tokens"] for r in ok) if ok else 0,
             "latency_p50_s": pct(latencies, 0.5), "latency_p99_s": pct(latencies, 0.99),
             "ttft_p50_s": pct(ttfts, 0.5), "ttft_p99_s": pct(ttfts, 0.99),
@@ -209,8 +211,8 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> flo
 SERVERS = {"raylm": [], "raylm-baseline": [], "raylm-per-token": ["-o", "serve.stream_interval_ms=0"], "raylm-python-proxy": [],
            "raylm-uncolocated": ["-o", "serve.colocate_engine_core=false"],
            "raylm-colocate1": ["-o", "serve.colocate_from_requests=1"],
+           "raylm-ray-upkeep": [],  # with Ray's defaults for its own upkeep (raylm/ray_setup.py trims them)
            "vllm": [], "vllm-interval4": ["--stream-interval", "4"], "vllm-colocated": []}
-SERVERS["raylm-ray-upkeep"] = []  # Ray's defaults for its own upkeep (raylm/ray_setup.py trims them)
 SERVER_ENV = {"raylm-python-proxy": {"RAY_SERVE_ENABLE_HA_PROXY": "0"},
               "raylm-ray-upkeep": {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1", "RAY_enable_metrics_collection": "1"}}
 
