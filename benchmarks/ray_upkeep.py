@@ -28,8 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = {"ray-defaults": {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1", "RAY_enable_metrics_collection": "1"},
-        "raylm": {}}  # raylm/ray_setup.py's values
+sys.path.insert(0, str(ROOT))
+from raylm.ray_setup import RAY_UPKEEP_DEFAULTS  # noqa: E402
+
+ARMS = {"ray-defaults": RAY_UPKEEP_DEFAULTS, "raylm": {}}  # "raylm": ray_setup's own values (RAY_UPKEEP)
 TESTS = ["tests/train/test_parallel.py", "tests/data/test_components.py::test_connected_components_on_ray_data_match_scipy"]
 
 

@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 FAMILIES = {"compare": 1, "spelling": 1, "unknown_entities": 1, "identity": 1}
 
+from raylm.ray_setup import RAY_UPKEEP_DEFAULTS  # noqa: E402  (after the sys.path line; Ray is not imported)
+
 
 def requests_for(count: int, seed: int = 99) -> list[list[dict]]:
     from raylm.tasks import generate_tasks
@@ -132,7 +134,12 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
             name = name.split(".")[0]
         rest = [a for a in argv[1:] if a and a not in ("-u", "-B")]
         if name.startswith("python") and rest:
-            name = {"-m": rest[1:2] and rest[1], "-c": "python -c"}.get(rest[0]) or os.path.basename(rest[0])
+            if rest[0] == "-m" and len(rest) > 1:
+                name = rest[1]
+            elif rest[0] == "-c":
+                name = "python -c"
+            else:
+                name = os.path.basename(rest[0])
         fields = stat[stat.rindex(")") + 2:].split()
         out[int(pid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
     return out
@@ -213,8 +220,7 @@ SERVERS = {"raylm": [], "raylm-baseline": [], "raylm-per-token": ["-o", "serve.s
            "raylm-colocate1": ["-o", "serve.colocate_from_requests=1"],
            "raylm-ray-upkeep": [],  # with Ray's defaults for its own upkeep (raylm/ray_setup.py trims them)
            "vllm": [], "vllm-interval4": ["--stream-interval", "4"], "vllm-colocated": []}
-SERVER_ENV = {"raylm-python-proxy": {"RAY_SERVE_ENABLE_HA_PROXY": "0"},
-              "raylm-ray-upkeep": {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1", "RAY_enable_metrics_collection": "1"}}
+SERVER_ENV = {"raylm-python-proxy": {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, "raylm-ray-upkeep": RAY_UPKEEP_DEFAULTS}
 
 
 def server_command(name: str, checkpoint: str, port: int, context: int) -> list[str]:

@@ -35,6 +35,10 @@ def quiet_worker_logs() -> None:
 
 
 HAPROXY_WRAPPER = Path(sys.executable).parent / "raylm-haproxy"  # the console script (pyproject.toml)
+# Ray's own upkeep on a laptop (local_ray_env), and Ray's defaults for the same settings, which the
+# benchmarks that measure the difference (benchmarks/serve.py, benchmarks/ray_upkeep.py) run against.
+RAY_UPKEEP = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_enable_metrics_collection": "0"}
+RAY_UPKEEP_DEFAULTS = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1", "RAY_enable_metrics_collection": "1"}
 
 
 def local_ray_env() -> dict[str, str]:
@@ -69,7 +73,7 @@ def local_ray_env() -> dict[str, str]:
     """
     ports = free_ports(4)
     return {"RAY_worker_niceness": "0", "RAY_num_workers_soft_limit": "8", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-            "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_enable_metrics_collection": "0",
+            **RAY_UPKEEP,
             "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
             "RAY_SERVE_HAPROXY_NBTHREAD": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
             "RAY_SERVE_HAPROXY_STATS_PORT": str(ports[0]), "RAY_SERVE_HAPROXY_METRICS_PORT": str(ports[1]),
