@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from raylm.config import SAMPLE_CRAWL, DataConfig, DedupConfig  # noqa: E402
 from raylm.data.dedup import shingles  # noqa: E402
+from raylm.ray_setup import start_local_ray  # noqa: E402
 
 NUM_CPUS = os.cpu_count() or 2
 KEEP = {"debs", "large-crawl", "large-crawl.json"}  # built once, kept in OUT between runs
@@ -126,7 +127,7 @@ def bench_raylm(crawl: Path, work: Path) -> dict:
 
     offline_url_filter()  # its one-time cache (the sorted domain blocklist) is built before timing
     cfg = DataConfig(input=[str(crawl)], num_workers=NUM_CPUS, batch_size=16)
-    ray.init(num_cpus=NUM_CPUS, include_dashboard=False)
+    start_local_ray(NUM_CPUS)
     clock, t = CpuClock(), time.time()
     inputs = find_inputs(cfg.input)
     read_documents(inputs, rows_per_block=cfg.batch_size).map_batches(
@@ -134,7 +135,7 @@ def bench_raylm(crawl: Path, work: Path) -> dict:
         num_cpus=cfg.worker_cpus, compute=ray.data.ActorPoolStrategy(size=cfg.num_workers)).write_parquet(str(work / "clean"))
     clean_s, clean_cpu = time.time() - t, clock.stop()
     ray.shutdown()
-    ray.init(num_cpus=NUM_CPUS, include_dashboard=False)
+    start_local_ray(NUM_CPUS)
     clock, t = CpuClock(), time.time()
     storage = Storage(StorageConfig(uri=str(work)))
     stats = run_step("data", storage, "full", "bench", lambda folder: run_data(cfg, inputs, folder)).metrics
@@ -344,7 +345,7 @@ def bench_dedup(num_docs: int, work: Path) -> dict:
     truth_s = time.time() - t
     result = {"documents": len(docs), "ground_truth_s": truth_s}
 
-    ray.init(num_cpus=NUM_CPUS, include_dashboard=False)
+    start_local_ray(NUM_CPUS)
     ds = ray.data.from_items([{"id": k, "text": v} for k, v in docs.items()], override_num_blocks=NUM_CPUS * 2)
     ds = ds.materialize()
     for name, verify in (("raylm", "exact"), ("raylm_verify_signature", "signature"), ("raylm_no_verify", "none")):

@@ -15,8 +15,9 @@ Four pieces are faster than datatrove's and decide exactly as datatrove does
 (tests/data/test_filter_equivalence.py compares them with the stock classes on real pages):
 - `CachedSpacyTokenizer`: datatrove's spaCy word and sentence splitting (every text
   filter splits words) without its per-call memory zone, which throws spaCy's
-  vocabulary and per-word cache away after each call, and without the sentencizer
-  when only words are wanted: the same tokens, about 4x faster.
+  vocabulary and per-word cache away after each call, without the sentencizer
+  when only words are wanted, and with the words of each whitespace-free span
+  cached: the same tokens, many times faster.
 - `FastGopherRepetitionFilter`: the n-gram statistics on integer word ids and rolling
   character hashes (numpy) instead of one Python string per n-gram.
 - `EarlyC4QualityFilter`: stops counting sentences (a spaCy call per line) once there
@@ -109,6 +110,7 @@ class CachedSpacyTokenizer(SpaCyTokenizer):
     def __init__(self, language: str = "en", max_vocab: int = 500_000):
         super().__init__(language)
         self.max_vocab = max_vocab
+        self._span_words: dict[str, tuple[str, ...]] = {}  # whitespace-free span -> its words (word_tokenize)
 
     def _pipeline(self, text: str):
         if self._tokenizer is not None and len(self._tokenizer.vocab) > self.max_vocab:
@@ -127,7 +129,24 @@ class CachedSpacyTokenizer(SpaCyTokenizer):
             raise
 
     def word_tokenize(self, text: str) -> list[str]:
-        return strip_strings([token.text for token in self._run(self._pipeline(text).tokenizer, text)])
+        """spaCy's words of `text`, one whitespace-free span at a time, each span's words cached.
+
+        spaCy's tokenizer cuts the text at whitespace first and splits each span alone (its
+        prefix, suffix and infix rules and special cases see the span only; the special cases
+        holding whitespace are whitespace), so a text's words are its spans' words in order:
+        a 3,000-word page is a few hundred distinct spans, most of them seen before.
+        """
+        if "IS_ALPHA" in text:  # datatrove's retry drops the string from the whole text: its own path
+            return strip_strings([token.text for token in self._run(self._pipeline(text).tokenizer, text)])
+        if len(self._span_words) > self.max_vocab:
+            self._span_words.clear()
+        words: list[str] = []
+        for span in text.split():
+            cached = self._span_words.get(span)
+            if cached is None:
+                cached = self._span_words[span] = tuple(token.text for token in self._pipeline(span).tokenizer(span))
+            words.extend(cached)
+        return words
 
     def sent_tokenize(self, text: str) -> list[str]:
         return strip_strings([sent.text for sent in self._run(self._pipeline(text), text).sents])
