@@ -7,7 +7,10 @@
    alone, and the whole step with its per-stage seconds) vs datatrove's
    LocalPipelineExecutor with the same extraction (trafilatura, FineWeb settings) and
    datatrove's own filter classes (raylm's faster ones decide identically, see
-   tests/data/test_filter_equivalence.py). Both get the machine's cores. Also the CPU
+   tests/data/test_filter_equivalence.py). Both get the machine's cores; raylm runs on the
+   local Ray that `raylm` itself starts (raylm.ray_setup.start_local_ray). `--rounds N`
+   runs each corpus N times, who goes first alternating, and reports every round and
+   the medians: this machine's speed drifts between minutes. Also the CPU
    seconds per document each pipeline's processes spent (all of them: Ray's daemons,
    datatrove's extraction sandboxes), which a busy machine disturbs less than wall time.
 2. Extractors: trafilatura vs resiliparse on the same pages, one process: pages/s and
@@ -17,7 +20,8 @@
    FineWeb's parameters (5-grams, 14 bands x 8 hashes), scored against brute-force
    Jaccard (sparse matrix product over all pairs) at threshold 0.8.
 
-    python benchmarks/data_pipeline.py [--copies 3] [--corpora sample,large] [--dedup-docs 2000] [--out benchmarks/out]
+    python benchmarks/data_pipeline.py [--copies 3] [--corpora sample,large] [--rounds 1] [--dedup-docs 2000]
+                                       [--out benchmarks/out]
 
 Prints a report and writes OUT/data_pipeline.json; results go in benchmarks/RESULTS.md.
 The large-page crawl and its .deb files stay in OUT between runs (built once).
@@ -173,9 +177,12 @@ def bench_datatrove(crawl: Path, work: Path) -> dict:
     return {"seconds": seconds, "cpu_s": cpu, "tasks": tasks, "after_filters": kept}
 
 
-def bench_throughput(crawl: Path, work: Path) -> dict:
-    """raylm and datatrove back to back on one crawl; documents/s/core with the cores each was given."""
+def bench_throughput(crawl: Path, work: Path, rounds: int = 1) -> dict:
+    """raylm and datatrove back to back on one crawl, `rounds` times, who goes first alternating (this
+    machine's speed drifts by 10-30% between minutes, which one pair of runs cannot tell from a difference);
+    documents/s/core with the cores each was given, per round and the median of the rounds."""
     import gzip
+    import statistics
 
     from raylm.data.readers import find_inputs, iter_warc
 
@@ -183,11 +190,24 @@ def bench_throughput(crawl: Path, work: Path) -> dict:
     for path in (p for group in find_inputs([str(crawl)]) for p in group.files["warc"]):
         with gzip.open(path) as stream:
             records += sum(1 for _ in iter_warc(stream, path))
-    raylm = bench_raylm(crawl, work / "raylm")
-    datatrove = bench_datatrove(crawl, work)
+    per_round = []
+    for number in range(rounds):
+        folder = work / f"round{number}"
+        if number % 2:
+            datatrove, raylm = bench_datatrove(crawl, folder), bench_raylm(crawl, folder / "raylm")
+        else:
+            raylm, datatrove = bench_raylm(crawl, folder / "raylm"), bench_datatrove(crawl, folder)
+        per_round.append(throughput_round(records, raylm, datatrove))
+        print(f"[bench] round {number + 1}/{rounds}: vs datatrove {per_round[-1]['ratio_vs_datatrove']}", flush=True)
+    median = {group: {key: statistics.median(r[group][key] for r in per_round) for key in per_round[0][group]}
+              for group in ("docs_per_s_per_core", "cpu_ms_per_doc", "ratio_vs_datatrove")}
+    return {"records": records, "cores": per_round[0]["cores"], "rounds": per_round, **median}
+
+
+def throughput_round(records: int, raylm: dict, datatrove: dict) -> dict:
     per_core = lambda s, cores: records / s / cores  # noqa: E731
     return {
-        "records": records, "cores": {"raylm": NUM_CPUS, "datatrove": datatrove["tasks"]},
+        "cores": {"raylm": NUM_CPUS, "datatrove": datatrove["tasks"]},
         "raylm": raylm, "datatrove": datatrove,
         "docs_per_s_per_core": {"raylm_clean_stage": per_core(raylm["clean_stage_s"], NUM_CPUS),
                                 "raylm_full_step": per_core(raylm["full_step_s"], NUM_CPUS),
@@ -404,6 +424,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=3, help="copies of the sample crawl for the throughput run")
     parser.add_argument("--corpora", default="sample,large", help="throughput corpora: sample, large or both")
+    parser.add_argument("--rounds", type=int, default=1, help="throughput runs per corpus, alternating who goes first")
     parser.add_argument("--dedup-docs", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     parser.add_argument("--only", choices=["throughput", "extractors", "dedup"], action="append")
@@ -436,7 +457,8 @@ def main() -> None:
         report["throughput"] = {}
         for corpus, crawl in crawls.items():
             print(f"[bench] throughput on the {corpus} crawl", flush=True)
-            report["throughput"][corpus] = bench_throughput(crawl, args.out / f"throughput-{corpus}")
+            report["throughput"][corpus] = bench_throughput(crawl, args.out / f"throughput-{corpus}",
+                                                                  args.rounds)
             print(json.dumps(report["throughput"][corpus], indent=2), flush=True)
     if "extractors" in only:
         report["extractors"] = bench_extractors()

@@ -8,7 +8,8 @@ so no stage needs the corpus in memory):
                   FineWeb filters) -> _cleaned/*.parquet with step/reason per document
 2. exact dedup    groupby(content_hash)
 3. MinHash dedup  band rows -> groupby(band, key) -> edges -> connected components
-4. write          anti-joins drop duplicates, PII scrub, kept/*.parquet + removed/*.parquet
+4. write          duplicates dropped (by an id filter, or anti-joins past LOCAL_IDS), PII scrub,
+                  kept/*.parquet + removed/*.parquet
 Then stats.json and funnel.png (documents and characters left after each step).
 """
 
@@ -35,7 +36,12 @@ from raylm.runs import Work
 
 KEPT_COLUMNS = ["id", "url", "text", "language_score", "cluster_id"]
 PARTITION_BYTES = 256 << 20  # shuffle partitions (groupbys, joins) of about this much data each
-REMOVED_COLUMNS = ["id", "url", "step", "reason", "num_chars"]
+# Files of at least this much data in the step's parquet folders: the cleaning actors emit small blocks (a
+# few pages each), and a file per block made the stages that read _cleaned/ back start a read task per file
+# (80 files of the large-page benchmark crawl took 12-15 s to read on 2 cores, the same data in 2 files 2-3 s)
+FILE_BYTES = 128 << 20
+REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("url", pa.string()), ("step", pa.string()),
+                            ("reason", pa.string()), ("num_chars", pa.int64())])
 
 
 class EmptyCorpusError(InputError):
@@ -66,13 +72,62 @@ def _with_cluster_id(batch: pa.Table) -> pa.Table:
     return batch.set_column(batch.schema.get_field_index("cluster_id"), "cluster_id", cluster)
 
 
-def _removed_rows(ds: ray.data.Dataset, step: str, reason: str) -> ray.data.Dataset:
+def _removed_rows(ds: ray.data.Dataset, step: str | None = None, reason: str | None = None) -> ray.data.Dataset:
+    """Rows of the removal log, in one schema whatever made them (a join gives large_string columns, and
+    one file of the log takes blocks from every stage), labelled with step and reason when given."""
     def label(batch: pa.Table) -> pa.Table:
         n = len(batch)
         return pa.table({"id": batch.column("id"), "url": batch.column("url"),
-                         "step": pa.array([step] * n, pa.string()), "reason": pa.array([reason] * n, pa.string()),
-                         "num_chars": batch.column("num_chars").cast(pa.int64())})
+                         "step": pa.array([step] * n, pa.string()) if step else batch.column("step"),
+                         "reason": pa.array([reason] * n, pa.string()) if reason else batch.column("reason"),
+                         "num_chars": batch.column("num_chars")}).cast(REMOVED_SCHEMA)
     return ds.map_batches(label, batch_format="pyarrow")
+
+
+# Up to this many ids, the documents to drop (duplicates) or to label (cluster ids) go to the workers inside
+# the query, as an `in` filter or a dict, instead of meeting the corpus in a join: a join is a hash shuffle,
+# seconds of fixed cost on a small machine whatever the size of the data. A fixed bound (about 1 MB of ids),
+# so nothing on the driver grows with the corpus beyond it; more ids take the joins.
+LOCAL_IDS = 20_000
+
+
+def _local_ids(ids: ray.data.Dataset) -> list[str] | None:
+    """The `id` column of a materialized dataset, or None when it has more than LOCAL_IDS rows."""
+    if ids.count() > LOCAL_IDS:
+        return None
+    return [row["id"] for row in ids.select_columns(["id"]).take_all()]
+
+
+def without_ids(docs: ray.data.Dataset, ids: ray.data.Dataset, parts: int) -> ray.data.Dataset:
+    """The documents whose id is not among `ids`' (a materialized dataset with an id column)."""
+    local = _local_ids(ids)
+    if local is None:
+        return docs.join(ids.select_columns(["id"]), "left_anti", parts, on=("id",))
+    return docs.filter(expr=col("id").not_in(local)) if local else docs
+
+
+def with_ids(docs: ray.data.Dataset, ids: ray.data.Dataset, parts: int) -> ray.data.Dataset:
+    """The documents whose id is among `ids`'."""
+    local = _local_ids(ids)
+    if local is None:
+        return docs.join(ids.select_columns(["id"]), "left_semi", parts, on=("id",))
+    return docs.filter(expr=col("id").is_in(local))
+
+
+def _add_cluster_ids(batch: pa.Table, clusters: dict[str, str]) -> pa.Table:
+    ids = batch.column("id").to_pylist()
+    return batch.append_column("cluster_id", pa.array([clusters.get(i, i) for i in ids], pa.string()))
+
+
+def with_cluster_ids(docs: ray.data.Dataset, clusters: ray.data.Dataset, parts: int) -> ray.data.Dataset:
+    """A cluster_id column: the near-duplicate cluster's id from (id, cluster_id) rows, else the document's own."""
+    if clusters.count() > LOCAL_IDS:
+        return docs.join(clusters, "left_outer", parts, on=("id",)).map_batches(_with_cluster_id, batch_format="pyarrow")
+    table = pa.concat_tables([pa.table({"id": pa.array([], pa.string()), "cluster_id": pa.array([], pa.string())})] + [
+        b.select(["id", "cluster_id"]).cast(pa.schema([("id", pa.string()), ("cluster_id", pa.string())]))
+        for b in clusters.iter_batches(batch_format="pyarrow", batch_size=None)])
+    lookup = dict(zip(table.column("id").to_pylist(), table.column("cluster_id").to_pylist()))
+    return docs.map_batches(_add_cluster_ids, fn_args=(lookup,), batch_format="pyarrow")
 
 
 def _log(message: str) -> None:
@@ -95,7 +150,7 @@ def run_data(cfg: DataConfig, inputs: list[InputFiles], work: Work) -> dict:
     read_documents(inputs, rows_per_block=cfg.batch_size).map_batches(
         Cleaner, fn_constructor_args=(cfg,), batch_format="pyarrow", batch_size=cfg.batch_size,
         num_cpus=cfg.worker_cpus, compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
-    ).write_parquet(work.path("_cleaned"), filesystem=fs)
+    ).write_parquet(work.path("_cleaned"), filesystem=fs, min_bytes_per_file=FILE_BYTES)
     cleaned = ray.data.read_parquet(work.path("_cleaned"), filesystem=fs)
     kept = cleaned.filter(expr=col("step").is_null()).drop_columns(["step", "reason"]).materialize()
     timings["clean"] = time.time() - t
@@ -105,12 +160,12 @@ def run_data(cfg: DataConfig, inputs: list[InputFiles], work: Work) -> dict:
     parts = num_partitions(kept)
 
     t = time.time()
-    removed = [cleaned.filter(expr=col("step").is_not_null()).select_columns(REMOVED_COLUMNS)]
+    removed = [_removed_rows(cleaned.filter(expr=col("step").is_not_null()))]
     if cfg.dedup.exact and kept.count():
         _log("2/4 exact dedup: groupby(content_hash)")
         exact = exact_duplicates(kept, parts).materialize()
         removed.append(_removed_rows(exact, "exact_dedup", "exact_duplicate"))
-        kept = kept.join(exact.select_columns(["id"]), "left_anti", parts, on=("id",)).materialize()
+        kept = without_ids(kept, exact, parts).materialize()
     timings["exact_dedup"] = time.time() - t
 
     t = time.time()
@@ -121,24 +176,18 @@ def run_data(cfg: DataConfig, inputs: list[InputFiles], work: Work) -> dict:
         clusters = minhash_clusters(kept, cfg.dedup, parts).materialize()
     dropped_ids = clusters.filter(expr=col("id") != col("cluster_id")).select_columns(["id"]).materialize()
     if dropped_ids.count():
-        near = kept.join(dropped_ids, "left_semi", parts, on=("id",))
-        removed.append(_removed_rows(near, "minhash_dedup", "near_duplicate"))
-        kept = kept.join(dropped_ids, "left_anti", parts, on=("id",))
+        removed.append(_removed_rows(with_ids(kept, dropped_ids, parts), "minhash_dedup", "near_duplicate"))
+        kept = without_ids(kept, dropped_ids, parts)
     timings["minhash_dedup"] = time.time() - t
 
     t = time.time()
     _log("4/4 PII scrub + write kept/ and removed/")
-    if clusters.count():
-        kept = kept.join(clusters, "left_outer", parts, on=("id",))
-    else:
-        kept = kept.map_batches(lambda b: b.append_column("cluster_id", pa.nulls(len(b), pa.string())),
-                                batch_format="pyarrow")
-    kept = kept.map_batches(_with_cluster_id, batch_format="pyarrow")
+    kept = with_cluster_ids(kept, clusters, parts)
     if cfg.pii.emails or cfg.pii.ips:
         kept = kept.map_batches(scrub_pii, fn_args=(cfg.pii,), batch_format="pyarrow")
-    kept.select_columns(KEPT_COLUMNS).write_parquet(work.path("kept"), filesystem=fs)
+    kept.select_columns(KEPT_COLUMNS).write_parquet(work.path("kept"), filesystem=fs, min_bytes_per_file=FILE_BYTES)
     removed_log = removed[0].union(*removed[1:]) if len(removed) > 1 else removed[0]
-    removed_log.write_parquet(work.path("removed"), filesystem=fs)
+    removed_log.write_parquet(work.path("removed"), filesystem=fs, min_bytes_per_file=FILE_BYTES)
     work.storage.delete(f"{work.rel}/_cleaned")
     timings["write"] = time.time() - t
 

@@ -60,6 +60,29 @@ def test_outputs_and_removal_log(cleaned):
     assert json.loads((cleaned / "manifest.json").read_text())["metrics"]["kept_documents"] == len(kept)
 
 
+def test_id_filters_match_the_joins(ray_session, monkeypatch):
+    """A few ids travel inside the query (a filter, a dict); past LOCAL_IDS joins give the same rows."""
+    import ray.data
+
+    from raylm.data import pipeline
+
+    docs = ray.data.from_items([{"id": f"d{i:03d}", "text": str(i)} for i in range(120)], override_num_blocks=3)
+    drop = ray.data.from_items([{"id": f"d{i:03d}"} for i in range(0, 120, 7)]).materialize()
+    clusters = ray.data.from_items([{"id": f"d{i:03d}", "cluster_id": f"d{i - i % 3:03d}"} for i in range(30, 60)])
+
+    def outcome():
+        return (sorted(r["id"] for r in pipeline.without_ids(docs, drop, 2).take_all()),
+                sorted(r["id"] for r in pipeline.with_ids(docs, drop, 2).take_all()),
+                sorted((r["id"], r["cluster_id"]) for r in pipeline.with_cluster_ids(docs, clusters.materialize(), 2)
+                       .take_all()))
+
+    local = outcome()
+    assert len(local[0]) == 120 - 18 and len(local[1]) == 18 and not set(local[0]) & set(local[1])
+    assert ("d031", "d030") in local[2] and ("d030", "d030") in local[2] and ("d100", "d100") in local[2]
+    monkeypatch.setattr(pipeline, "LOCAL_IDS", 0)
+    assert outcome() == local
+
+
 # every step, each kept short: the whole pipeline end to end (the tiny preset's lengths run in `make run`)
 SHORT = ["pretrain.steps=20", "pretrain.eval_every=20", "pretrain.checkpoint_every=20", "sft.steps=10",
          "sft.eval_every=10", "sft.checkpoint_every=10", "sft.mix={identity: 40, compare: 40}", "rl.engine=torch",
