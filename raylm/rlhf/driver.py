@@ -17,8 +17,8 @@ reward model (trained on the other half of the rankings). The watcher's score is
 the validation signal: the best checkpoint by it is kept. The hacking alarm
 (raylm/rlhf/monitor.py) fires when the samples leave the reward model's support
 (longer, more repetitive or more novel than its training answers, or less likely
-under the SFT model, which wrote those answers, or more like an answer to another
-prompt, than 99% of its own first batch was; checked after every step, a step it fires at is validated too) or the watcher falls while the
+under the SFT model, which wrote those answers, than 99% of its own first batch
+was; checked after every step, a step it fires at is validated too) or the watcher falls while the
 proxy rises (checked at each validation); `alarm: rollback` then restores the
 kept checkpoint and stops, `stop` stops, `off` only records it.
 
@@ -46,7 +46,7 @@ from raylm.rl.driver import step_tasks
 from raylm.rl.learner import Learner
 from raylm.rl.rollout import RolloutPool
 from raylm.rl.steps import GrpoSteps
-from raylm.rlhf.monitor import HackingAlarm, Support, percentile99, sameness
+from raylm.rlhf.monitor import HackingAlarm, Support
 from raylm.rlhf.scorer import ScorerPool
 from raylm.runs import StepResult, Work
 from raylm.tasks import Task, generate_tasks
@@ -166,7 +166,7 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
         print(f"[rlhf] restored from step {start}", flush=True)
         pool.sync_from(learner)
         for m in history:  # the alarm as it stood: every step's support share, every validation's scores
-            share = max(m.get("support_outside", 0.0), m.get("support_unlikely", 0.0), m.get("support_same", 0.0))
+            share = max(m.get("support_outside", 0.0), m.get("support_unlikely", 0.0))
             if "val/watch" in m:
                 alarm.update(m["step"], m["val/proxy"], m["val/watch"], share)
             else:
@@ -175,8 +175,7 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
         history.append({"step": 0, **first, "kl_seq": 0.0})
         ray.get(learner.keep_best.remote(0))
         print(f"[rlhf] start: {_fmt(history[0])} ({time.perf_counter() - started:.0f}s)", flush=True)
-    outside: list[float] = []  # every scoring round's share (refills too), then the step's unlikely and same shares
-    alike: list[float] = []  # every sample's likeness to an answer to another prompt (monitor.sameness)
+    outside: list[float] = []  # every scoring round's share (refills too), then the step's unlikely share
 
     def score(tasks: list[Task], groups) -> tuple[torch.Tensor, dict]:
         texts = [[answer_text(chat.parse(s.ids)) for s in group] for group in groups]
@@ -187,13 +186,11 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
         rewards -= rl.length_penalty * lengths
         share = support.outside([(a, len(chat.text(a)), m[-1]["content"]) for m, a in pairs])
         outside.append(share)
-        alike.extend(sameness([(a, m[-1]["content"]) for m, a in pairs]))
         return rewards, {"proxy_score": float(raw.mean()), "support_outside": share}
 
     best, best_step = max(((m["val/watch"], m["step"]) for m in history if "val/watch" in m),
                           default=(-math.inf, 0))
     limit = next((m["support_nll_limit"] for m in history if "support_nll_limit" in m), None)
-    same_limit = next((m["support_same_limit"] for m in history if "support_same_limit" in m), None)
     with GrpoSteps(rl, learner, pool, chat, score, lambda step: step_tasks(rl, step),
                    demos=lambda step: demonstrations(cfg, chat, step), start=start) as steps:
         for step in range(start, rl.steps):
@@ -202,15 +199,11 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
             stop = False
             nll = metrics.pop("ref_nll", [])
             if limit is None and nll:  # the first batch is the SFT model's own: what its answers are like
-                limit = metrics["support_nll_limit"] = percentile99(nll)
-            if same_limit is None and alike:
-                same_limit = metrics["support_same_limit"] = percentile99(alike)
+                limit = metrics["support_nll_limit"] = sorted(nll)[min(len(nll) - 1, int(0.99 * len(nll)))]
             metrics["support_unlikely"] = sum(x > limit for x in nll) / len(nll) if nll else 0.0
-            metrics["support_same"] = sum(x > same_limit for x in alike) / len(alike) if alike else 0.0
-            outside += [metrics["support_unlikely"], metrics["support_same"]]
+            outside.append(metrics["support_unlikely"])
             share = max(outside, default=0.0)
             outside.clear()
-            alike.clear()
             # the support needs no validation: it is checked every step, and a step it fires at is validated
             # too (the record shows where the scores stood, and what a rollback goes back from)
             reason = alarm.support(done, share)
@@ -241,7 +234,7 @@ def _fmt(m: dict) -> str:
     if "proxy_score" in m:
         sft = f" sft nll {m['ptx_nll']:.3f}" if "ptx_nll" in m else ""
         parts.append(f"proxy {m['proxy_score']:+.3f} kl/answer {m.get('kl_seq', 0):.2f} len {m['response_length']:.0f} "
-                     f"outside {m['support_outside']:.0%}/{m.get('support_unlikely', 0):.0%}/{m.get('support_same', 0):.0%}{sft} | "
+                     f"outside {m['support_outside']:.0%}/{m.get('support_unlikely', 0):.0%}{sft} | "
                      f"gen {m['generate_s']:.1f}s train {m['train_s']:.1f}s")
     if "val/watch" in m:
         parts.append(f"val proxy {m['val/proxy']:+.3f} watch {m['val/watch']:+.3f} "

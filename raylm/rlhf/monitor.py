@@ -12,10 +12,7 @@ gold judge:
 - **support**: the share of sampled answers longer (in tokens) or more
   repetitive than every answer the reward model was trained on, or made of more
   words it never saw than 99% of real answers it did not train on are (a policy
-  that invents words to please it). Out there its scores are extrapolation. The
-  driver adds two shares measured against the SFT model's first batch: answers
-  less likely under SFT, and answers more like an answer to another prompt
-  (`sameness`), than 99% of that batch's were.
+  that invents words to please it). Out there its scores are extrapolation.
 - **divergence**: a second reward model (the watcher), trained on the disjoint
   other half of the rankings, scores held-out prompts; when its score falls
   `divergence` (in units of its score spread on real answers) below its best
@@ -45,33 +42,6 @@ def novelty(text: str, vocabulary: set[str], prompt: str = "") -> float:
 
 def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
-
-
-def sameness(answers: list[tuple[str, str]]) -> list[float]:
-    """For each (text, prompt) answer, its likeness to the nearest answer to another prompt: the Jaccard of
-    their word pairs, the words of the prompts left out (a poem about the sea and one about snow are the same
-    poem when only the subject differs).
-
-    A policy that found one answer the reward model over-pays for writes it for every prompt (run `rg`'s KL-free
-    run ended on one template for every subject); answers the reward model trained on were written to the
-    prompt. Compared with the SFT model's own first batch, as the likelihood is.
-    """
-    pairs = []
-    for text, prompt in answers:
-        own = set(_words(prompt))
-        words = [w for w in _words(text) if w not in own]
-        pairs.append(set(zip(words, words[1:])))
-    likeness = []
-    for i, (mine, (_, prompt)) in enumerate(zip(pairs, answers)):
-        others = (theirs for j, theirs in enumerate(pairs) if j != i and answers[j][1] != prompt)
-        likeness.append(max((len(mine & theirs) / len(mine | theirs) for theirs in others if mine or theirs),
-                            default=0.0))
-    return likeness
-
-
-def percentile99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 @dataclass
@@ -125,7 +95,7 @@ class HackingAlarm:
         if outside > self.support_limit:
             reason = (f"{outside:.0%} of the samples left the reward model's support: longer, more repetitive or "
                       f"made of more unseen words than its training answers, or unlikely under the model that wrote "
-                      f"them, or the same answer whatever the prompt (limit {self.support_limit:.0%})")
+                      f"them (limit {self.support_limit:.0%})")
         return self._fire(step, reason)
 
     def update(self, step: int, proxy: float, watch: float, outside: float) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raylm.rlhf.monitor import HackingAlarm, Support, novelty, percentile99, repetition, sameness
+from raylm.rlhf.monitor import HackingAlarm, Support, novelty, repetition
 
 
 def test_repetition_counts_words_said_again_right_away():
@@ -23,19 +23,6 @@ def test_support_is_what_the_reward_model_saw():
     answers = [("a good short answer", 4, ""), ("too many words here", 6, ""), ("the the the the", 4, ""),
                ("zorp blag answer", 4, "")]
     assert support.outside(answers) == pytest.approx(3 / 4)   # too long, repetitive, two words never seen
-
-
-def test_sameness_finds_one_answer_for_every_prompt():
-    written = [("The sea rolls in at night and sings to the shore.", "Write a short poem about the sea."),
-               ("Snow falls soft on the roofs of the old town.", "Write a short poem about snow."),
-               ("A fox runs through the morning field alone.", "Write a short poem about a fox.")]
-    template = [(f"My {s} will rest until the way,\nI wait and watch it way.", f"Write a short poem about {s}.")
-                for s in ("sea", "snow", "fox")]
-    assert max(sameness(written)) < 0.1
-    assert sameness(template) == [1.0, 1.0, 1.0]  # the same poem once the subject is left out
-    # answers to the same prompt are not compared: a group of samples may agree with itself
-    assert sameness([template[0], template[0]]) == [0.0, 0.0]
-    assert percentile99([0.1 * i for i in range(101)]) == pytest.approx(9.9)
 
 
 def test_alarm_fires_when_the_watcher_falls_while_the_proxy_rises():
