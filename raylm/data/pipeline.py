@@ -98,20 +98,16 @@ def _local_ids(ids: ray.data.Dataset) -> list[str] | None:
     return [row["id"] for row in ids.select_columns(["id"]).take_all()]
 
 
-def without_ids(docs: ray.data.Dataset, ids: ray.data.Dataset, parts: int) -> ray.data.Dataset:
-    """The documents whose id is not among `ids`' (a materialized dataset with an id column)."""
+def split_by_ids(docs: ray.data.Dataset, ids: ray.data.Dataset, parts: int) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """(the documents whose id is among `ids`', the others); `ids` is a materialized dataset with an id column.
+    Both are lazy: a caller that uses one of them pays for that one only."""
     local = _local_ids(ids)
     if local is None:
-        return docs.join(ids.select_columns(["id"]), "left_anti", parts, on=("id",))
-    return docs.filter(expr=col("id").not_in(local)) if local else docs
-
-
-def with_ids(docs: ray.data.Dataset, ids: ray.data.Dataset, parts: int) -> ray.data.Dataset:
-    """The documents whose id is among `ids`'."""
-    local = _local_ids(ids)
-    if local is None:
-        return docs.join(ids.select_columns(["id"]), "left_semi", parts, on=("id",))
-    return docs.filter(expr=col("id").is_in(local))
+        ids = ids.select_columns(["id"])
+        return docs.join(ids, "left_semi", parts, on=("id",)), docs.join(ids, "left_anti", parts, on=("id",))
+    if not local:
+        return docs.limit(0), docs
+    return docs.filter(expr=col("id").is_in(local)), docs.filter(expr=col("id").not_in(local))
 
 
 def _add_cluster_ids(batch: pa.Table, clusters: dict[str, str]) -> pa.Table:
@@ -123,10 +119,7 @@ def with_cluster_ids(docs: ray.data.Dataset, clusters: ray.data.Dataset, parts: 
     """A cluster_id column: the near-duplicate cluster's id from (id, cluster_id) rows, else the document's own."""
     if clusters.count() > LOCAL_IDS:
         return docs.join(clusters, "left_outer", parts, on=("id",)).map_batches(_with_cluster_id, batch_format="pyarrow")
-    table = pa.concat_tables([pa.table({"id": pa.array([], pa.string()), "cluster_id": pa.array([], pa.string())})] + [
-        b.select(["id", "cluster_id"]).cast(pa.schema([("id", pa.string()), ("cluster_id", pa.string())]))
-        for b in clusters.iter_batches(batch_format="pyarrow", batch_size=None)])
-    lookup = dict(zip(table.column("id").to_pylist(), table.column("cluster_id").to_pylist()))
+    lookup = {row["id"]: row["cluster_id"] for row in clusters.take_all()}
     return docs.map_batches(_add_cluster_ids, fn_args=(lookup,), batch_format="pyarrow")
 
 
@@ -165,7 +158,7 @@ def run_data(cfg: DataConfig, inputs: list[InputFiles], work: Work) -> dict:
         _log("2/4 exact dedup: groupby(content_hash)")
         exact = exact_duplicates(kept, parts).materialize()
         removed.append(_removed_rows(exact, "exact_dedup", "exact_duplicate"))
-        kept = without_ids(kept, exact, parts).materialize()
+        kept = split_by_ids(kept, exact, parts)[1].materialize()
     timings["exact_dedup"] = time.time() - t
 
     t = time.time()
@@ -176,8 +169,8 @@ def run_data(cfg: DataConfig, inputs: list[InputFiles], work: Work) -> dict:
         clusters = minhash_clusters(kept, cfg.dedup, parts).materialize()
     dropped_ids = clusters.filter(expr=col("id") != col("cluster_id")).select_columns(["id"]).materialize()
     if dropped_ids.count():
-        removed.append(_removed_rows(with_ids(kept, dropped_ids, parts), "minhash_dedup", "near_duplicate"))
-        kept = without_ids(kept, dropped_ids, parts)
+        near, kept = split_by_ids(kept, dropped_ids, parts)
+        removed.append(_removed_rows(near, "minhash_dedup", "near_duplicate"))
     timings["minhash_dedup"] = time.time() - t
 
     t = time.time()

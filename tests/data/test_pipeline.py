@@ -71,14 +71,16 @@ def test_id_filters_match_the_joins(ray_session, monkeypatch):
     clusters = ray.data.from_items([{"id": f"d{i:03d}", "cluster_id": f"d{i - i % 3:03d}"} for i in range(30, 60)])
 
     def outcome():
-        return (sorted(r["id"] for r in pipeline.without_ids(docs, drop, 2).take_all()),
-                sorted(r["id"] for r in pipeline.with_ids(docs, drop, 2).take_all()),
+        dropped, rest = pipeline.split_by_ids(docs, drop, 2)
+        return (sorted(r["id"] for r in rest.take_all()), sorted(r["id"] for r in dropped.take_all()),
                 sorted((r["id"], r["cluster_id"]) for r in pipeline.with_cluster_ids(docs, clusters.materialize(), 2)
                        .take_all()))
 
     local = outcome()
     assert len(local[0]) == 120 - 18 and len(local[1]) == 18 and not set(local[0]) & set(local[1])
     assert ("d031", "d030") in local[2] and ("d030", "d030") in local[2] and ("d100", "d100") in local[2]
+    none = drop.limit(0).materialize()
+    assert [len(part.take_all()) for part in pipeline.split_by_ids(docs, none, 2)] == [0, 120]
     monkeypatch.setattr(pipeline, "LOCAL_IDS", 0)
     assert outcome() == local
 
