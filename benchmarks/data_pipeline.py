@@ -122,10 +122,9 @@ def bench_raylm(crawl: Path, work: Path) -> dict:
     import ray
 
     from raylm.config import StorageConfig
-    from raylm.data.clean import Cleaner
     from raylm.data.filters import offline_url_filter
-    from raylm.data.pipeline import run_data
-    from raylm.data.readers import find_inputs, read_documents
+    from raylm.data.pipeline import clean_documents, run_data
+    from raylm.data.readers import find_inputs
     from raylm.runs import run_step
     from raylm.storage import Storage
 
@@ -134,9 +133,7 @@ def bench_raylm(crawl: Path, work: Path) -> dict:
     start_local_ray(NUM_CPUS)
     clock, t = CpuClock(), time.time()
     inputs = find_inputs(cfg.input)
-    read_documents(inputs, rows_per_block=cfg.batch_size).map_batches(
-        Cleaner, fn_constructor_args=(cfg,), batch_format="pyarrow", batch_size=cfg.batch_size,
-        num_cpus=cfg.worker_cpus, compute=ray.data.ActorPoolStrategy(size=cfg.num_workers)).write_parquet(str(work / "clean"))
+    clean_documents(cfg, inputs, str(work / "clean"))  # the data step's own first stage
     clean_s, clean_cpu = time.time() - t, clock.stop()
     ray.shutdown()
     start_local_ray(NUM_CPUS)

@@ -133,6 +133,15 @@ def num_partitions(ds: ray.data.Dataset) -> int:
     return max(1, math.ceil((ds.size_bytes() or 0) / PARTITION_BYTES))
 
 
+def clean_documents(cfg: DataConfig, inputs: list[InputFiles], path: str, fs=None) -> None:
+    """Stage 1: read the inputs and write every record, cleaned or with the step that dropped it, to `path`
+    (parquet). benchmarks/data_pipeline.py times this function as "the clean stage"."""
+    read_documents(inputs, rows_per_block=cfg.batch_size).map_batches(
+        Cleaner, fn_constructor_args=(cfg,), batch_format="pyarrow", batch_size=cfg.batch_size,
+        num_cpus=cfg.worker_cpus, compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
+    ).write_parquet(path, filesystem=fs, min_bytes_per_file=FILE_BYTES)
+
+
 def run_data(cfg: DataConfig, inputs: list[InputFiles], work: Work) -> dict:
     """Run the whole data step into the step's folder in storage; returns the metrics for the manifest."""
     fs = work.storage.fs
@@ -140,10 +149,7 @@ def run_data(cfg: DataConfig, inputs: list[InputFiles], work: Work) -> dict:
 
     t = time.time()
     _log(f"1/4 read + clean: {', '.join(cfg.input)} (extractor={cfg.extractor}, {cfg.num_workers} actors)")
-    read_documents(inputs, rows_per_block=cfg.batch_size).map_batches(
-        Cleaner, fn_constructor_args=(cfg,), batch_format="pyarrow", batch_size=cfg.batch_size,
-        num_cpus=cfg.worker_cpus, compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
-    ).write_parquet(work.path("_cleaned"), filesystem=fs, min_bytes_per_file=FILE_BYTES)
+    clean_documents(cfg, inputs, work.path("_cleaned"), fs)
     cleaned = ray.data.read_parquet(work.path("_cleaned"), filesystem=fs)
     kept = cleaned.filter(expr=col("step").is_null()).drop_columns(["step", "reason"]).materialize()
     timings["clean"] = time.time() - t

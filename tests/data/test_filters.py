@@ -103,3 +103,21 @@ def test_pii_scrub_of_a_document_does_not_depend_on_the_documents_before_it():
     assert alone[0] == after[1]
     assert "admin@corp.io" not in alone[0] and "8.8.8.8" not in alone[0] and "1.1.1.1" not in alone[0]
     assert "10.0.0.1" in alone[0]  # not a public address: kept
+
+
+def test_word_splitting_does_not_import_torch():
+    """A cleaning actor imports spaCy for word splitting; thinc would import torch with it (1.4-1.7 s of CPU
+    per actor). Checked in a fresh interpreter: this test session has torch imported already."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from raylm.data.filters import CachedSpacyTokenizer\n"
+              "words = CachedSpacyTokenizer('en').word_tokenize(\"It's a test-case (really).\")\n"
+              "assert words == ['It', \"'s\", 'a', 'test', '-', 'case', '(', 'really', ')', '.'], words\n"
+              "assert 'spacy' in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)\n"
+              "import torch\n"
+              "print(torch.tensor([1, 2]).sum().item())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "3"
