@@ -81,6 +81,19 @@ def connected_components(edges: ray.data.Dataset, num_partitions: int,
         f"about log2 of the longest path, so this graph is either enormous or malformed")
 
 
+def components_of_table(edges: pa.Table, max_rounds: int = MAX_ROUNDS) -> pa.Table:
+    """connected_components of a graph small enough for one process: the same steps on a single partition."""
+    links = _both_directions(edges)
+    if links.num_rows == 0:
+        return CLUSTERS.empty_table()
+    for _ in range(max_rounds):
+        large = _star_partition(links, _large_star)
+        links = _star_partition(large, _small_star)
+        if not any(pc.sum(step["changed"]).as_py() for step in (large, links)):  # an empty sum is None
+            return _labels(links)
+    raise ComponentsDidNotConverge(f"connected components still changing after {max_rounds} rounds")
+
+
 def _step(links: ray.data.Dataset, star, num_partitions: int) -> ray.data.Dataset:
     """One star step over all partitions; materialized, so each step starts from blocks, not lineage."""
     return _by_node(links, num_partitions).map_batches(

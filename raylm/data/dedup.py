@@ -20,6 +20,9 @@ Fuzzy, FineWeb's recipe (word 5-grams, 14 bands x 8 hashes by default):
    (`raylm.data.components`: large-star/small-star rounds of shuffles; the driver
    sees one count per round, never an edge); the smallest id of each cluster is kept.
 
+A corpus of at most LOCAL_BYTES takes all four steps in one Ray task instead (the same
+functions, on one partition): Ray Data's shuffles have seconds of fixed cost each.
+
     hasher = MinHasher(DedupConfig())
     hasher.signature("some text ...")           # uint32[num_buckets * hashes_per_bucket]
     clusters = minhash_clusters(ds, DedupConfig(), num_partitions=4)  # Dataset of (id, cluster_id)
@@ -38,7 +41,7 @@ import ray.data
 from ray.data.expressions import col
 
 from raylm.config import DedupConfig
-from raylm.data.components import connected_components
+from raylm.data.components import components_of_table, connected_components
 
 _WORDS = re.compile(r"\w+")
 _CHUNK = 4096  # shingles hashed at once; bounds memory for very long documents
@@ -101,18 +104,23 @@ class MinHasher:
 _MAX_ALL_PAIRS = 32  # larger buckets (templated pages) emit a star instead of all pairs
 
 
-def _candidate_pairs(group: pa.Table) -> pa.Table:
-    """Documents sharing a band key: all pairs for small buckets, a star from the smallest id otherwise.
-
-    Always returns the (src, dst) schema, even when empty: joins need it.
-    """
-    ids = sorted(set(group.column("id").to_pylist()))
+def _bucket_pairs(ids: list[str]) -> list[tuple[str, str]]:
+    """The candidate pairs of one bucket: all pairs for small buckets, a star from the smallest id otherwise."""
+    ids = sorted(set(ids))
     if len(ids) <= _MAX_ALL_PAIRS:
-        pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]]
-    else:
-        pairs = [(ids[0], b) for b in ids[1:]]
+        return [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]]
+    return [(ids[0], b) for b in ids[1:]]
+
+
+def _pair_table(pairs: list[tuple[str, str]]) -> pa.Table:
+    """Always the (src, dst) schema, even when empty: joins need it."""
     return pa.table({"src": pa.array([a for a, _ in pairs], pa.string()),
                      "dst": pa.array([b for _, b in pairs], pa.string())})
+
+
+def _candidate_pairs(group: pa.Table) -> pa.Table:
+    """Documents sharing a band key (one group of the (band, key) groupby): their candidate pairs."""
+    return _pair_table(_bucket_pairs(group.column("id").to_pylist()))
 
 
 def signature_agreement(a: bytes, b: bytes) -> float:
@@ -162,9 +170,42 @@ def near_duplicate_edges(docs: ray.data.Dataset, cfg: DedupConfig, num_partition
     return edges
 
 
+# Up to this much data (the id and text columns), the whole near-duplicate search runs in one Ray task: the same
+# signatures, buckets, pairs, verification and components as on Ray Data, without its hash shuffles (six or
+# more, each seconds of fixed cost on a small machine: 9 s for the 90 pages of `make run`). A fixed bound on
+# one worker's memory; larger corpora take the distributed path.
+LOCAL_BYTES = 64 << 20
+
+
 def minhash_clusters(docs: ray.data.Dataset, cfg: DedupConfig, num_partitions: int) -> ray.data.Dataset:
-    """Near-duplicate clusters of a (id, text) dataset, as (id, cluster_id) rows (documents with a duplicate only)."""
+    """Near-duplicate clusters of a (id, text) dataset, as (id, cluster_id) rows (documents with a duplicate only).
+
+    `docs` should be materialized (its size decides the path; the pipeline's is)."""
+    if (docs.size_bytes() or 0) <= LOCAL_BYTES:
+        blocks = docs.to_arrow_refs()  # the blocks go to the task from the object store, not through the driver
+        return ray.data.from_arrow_refs([_clusters_in_one_task.remote(cfg, *blocks)])
+    docs = docs.select_columns(["id", "text"])
     return connected_components(near_duplicate_edges(docs, cfg, num_partitions), num_partitions)
+
+
+@ray.remote
+def _clusters_in_one_task(cfg: DedupConfig, *blocks: pa.Table) -> pa.Table:
+    """minhash_clusters of a small corpus in this process, step for step as on Ray Data."""
+    docs = pa.concat_tables([block.select(["id", "text"]) for block in blocks]) if blocks else \
+        pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
+    hasher = MinHasher(cfg)
+    sigs = hasher.signature_rows(docs)
+    bands = hasher.band_rows(sigs)
+    buckets = bands.group_by(["band", "key"], use_threads=False).aggregate([("id", "list")])
+    edges = _pair_table([pair for ids in buckets.column("id_list").to_pylist() if len(ids) > 1
+                         for pair in _bucket_pairs(ids)])
+    if cfg.verify != "none" and edges.num_rows:
+        payload = docs if cfg.verify == "exact" else sigs.rename_columns(["id", "text"])
+        lookup = dict(zip(payload.column("id").to_pylist(), payload.column("text").to_pylist()))
+        edges = _verify(edges.append_column("a", pa.array([lookup[i] for i in edges.column("src").to_pylist()]))
+                        .append_column("b", pa.array([lookup[i] for i in edges.column("dst").to_pylist()])),
+                        cfg.verify_threshold, cfg.verify, cfg.ngram_size)
+    return components_of_table(edges)
 
 
 def _drop_all_but_first(group: pd.DataFrame) -> pd.DataFrame:

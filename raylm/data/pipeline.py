@@ -7,7 +7,8 @@ so no stage needs the corpus in memory):
 1. read + clean   WARC/JSONL/parquet -> Cleaner actors (URL blocklist, extraction,
                   FineWeb filters) -> _cleaned/*.parquet with step/reason per document
 2. exact dedup    groupby(content_hash)
-3. MinHash dedup  band rows -> groupby(band, key) -> edges -> connected components
+3. MinHash dedup  band rows -> groupby(band, key) -> edges -> connected components (one Ray task
+                  for a corpus of at most 64 MB)
 4. write          duplicates dropped (by an id filter, or anti-joins past LOCAL_IDS), PII scrub,
                   kept/*.parquet + removed/*.parquet
 Then stats.json and funnel.png (documents and characters left after each step).

@@ -17,7 +17,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as scipy_connected_components
 
 from raylm.data.components import (ComponentsDidNotConverge, _both_directions, _labels, _large_star, _small_star,
-                                   _star_partition, connected_components)
+                                   _star_partition, components_of_table, connected_components)
 
 
 def scipy_components(edges: list[tuple[str, str]]) -> dict[str, str]:
@@ -92,6 +92,8 @@ def test_star_steps_match_scipy_on_random_graphs(seed):
     labels, rounds = in_one_partition(edges)
     assert labels == scipy_components(edges)
     assert rounds <= 10
+    local = components_of_table(pa.table({"src": [a for a, _ in edges], "dst": [b for _, b in edges]}))
+    assert dict(zip(local["id"].to_pylist(), local["cluster_id"].to_pylist())) == labels  # MinHash's local path
 
 
 def test_connected_components_on_ray_data_match_scipy(ray_session):

@@ -45,18 +45,38 @@ def test_signature_estimates_jaccard():
     assert (hasher.signature(a) == hasher.signature(a.upper())).all()  # case-insensitive shingles
 
 
-def test_minhash_finds_planted_near_duplicates(ray_session):
+def test_minhash_finds_planted_near_duplicates(ray_session, monkeypatch):
+    """Both paths, one Ray task for a small corpus and the Ray Data shuffles past LOCAL_BYTES, give the
+    planted clusters, also where a cluster is a chain of copies and a bucket is too big for all its pairs."""
     import ray.data
 
+    from raylm.data import dedup
+
     docs, pairs = planted_corpus()
+    rng = random.Random(3)
+    chain = [docs["doc-01"]]
+    for _ in range(3):  # doc-01 <- c1 <- c2 <- c3: c3 is no near-duplicate of doc-01 itself
+        chain.append(edit(chain[-1], rng, num_edits=4))
+    docs.update({f"doc-01-chain{i}": text for i, text in enumerate(chain[1:], 1)})
+    assert jaccard(shingles(docs["doc-01"], 5), shingles(docs["doc-01-chain3"], 5)) < 0.8
+    template = document(rng)
+    docs.update({f"tpl-{i:02d}": edit(template, rng, num_edits=1) for i in range(40)})  # one bucket of 40
     for a, b in pairs:
         assert jaccard(shingles(docs[a], 5), shingles(docs[b], 5)) >= 0.8
-    ds = ray.data.from_items([{"id": k, "text": v} for k, v in docs.items()])
-    table = minhash_clusters(ds, DedupConfig(), num_partitions=2).to_pandas()
-    clusters = dict(zip(table["id"], table["cluster_id"]))
+    ds = ray.data.from_items([{"id": k, "text": v} for k, v in docs.items()], override_num_blocks=3).materialize()
+    results = []
+    for local_bytes in (dedup.LOCAL_BYTES, 0):
+        monkeypatch.setattr(dedup, "LOCAL_BYTES", local_bytes)
+        table = minhash_clusters(ds, DedupConfig(), num_partitions=2).to_pandas()
+        results.append(dict(zip(table["id"], table["cluster_id"])))
+    assert results[0] == results[1]
+    clusters = results[0]
     for a, b in pairs:  # every planted pair is one cluster, represented by the original
         assert clusters.get(a) == a and clusters.get(b) == a
-    assert set(clusters) == {doc for pair in pairs for doc in pair}  # distinct documents are untouched
+    assert all(clusters[f"doc-01-chain{i}"] == "doc-01" for i in (1, 2, 3))
+    assert all(clusters[f"tpl-{i:02d}"] == "tpl-00" for i in range(40))
+    planted = {doc for pair in pairs for doc in pair} | {"doc-01", *(f"doc-01-chain{i}" for i in (1, 2, 3))}
+    assert set(clusters) == planted | {f"tpl-{i:02d}" for i in range(40)}  # distinct documents are untouched
 
 
 def test_exact_duplicates_local_path_matches_groupby(ray_session, monkeypatch):

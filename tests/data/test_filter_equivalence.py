@@ -56,10 +56,28 @@ def decide(filter_, text: str) -> tuple:
     return keep, reason, doc.text  # C4 rewrites the text of a kept document
 
 
+_PROSE = "The river runs to the sea and the hills have seen it with patience. " * 8
+# texts made to fail each of Gopher's quality rules (real pages seldom reach most of them)
+RULE_TEXTS = [
+    "Hello world, this is short.",
+    _PROSE + " #tag" * 60,
+    _PROSE + " ..." * 30 + " \u2026" * 30,
+    "\n".join(f"- item {i} of the list and the rest" for i in range(60)),
+    "\n".join(f"{_PROSE[:60]} ..." for _ in range(20)),
+    " ".join(["12", "34.5", "%", "-", "(7)"] * 40) + " the and of",
+    " ".join(["apple", "banana", "cherry", "quince", "melon"] * 20),
+    " ".join(["internationalization", "characterization"] * 40) + " the and",
+    " ".join(["a", "b", "to", "of"] * 40),
+    "!!! ... ,,, ;;; --- " * 30 + _PROSE,
+]
+
+
 def test_text_filters_decide_as_datatrove(texts):
     """Each text filter on every page, not only those reaching it in the chain: same decision, reason, text."""
     fast, stock = build_filters(FilterConfig()), build_filters(FilterConfig(), fast=False)
-    for text in texts:
+    reasons = {decide(stock["gopher_quality"], text)[1] for text in RULE_TEXTS}
+    assert len(reasons) >= 8, reasons  # the rule texts do reach the rules
+    for text in texts + RULE_TEXTS:
         for step in TEXT_STEPS[1:]:  # the language filter is the same class on both sides
             assert decide(fast[step], text) == decide(stock[step], text), (step, text[:200])
 
