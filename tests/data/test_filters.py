@@ -121,3 +121,34 @@ def test_word_splitting_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "3"
+
+
+def test_extraction_equals_trafilatura_with_its_own_element_classes():
+    """extract_text's parser takes element classes from lxml's C lookup: the same text as lxml.html's own
+    lookup on every page of the sample crawl (trafilatura's dedup cache emptied before each pass)."""
+    import gzip
+
+    import trafilatura.deduplication
+    from lxml.html import HtmlElementClassLookup
+    from trafilatura.utils import HTML_PARSER
+
+    from raylm.config import SAMPLE_CRAWL
+    from raylm.data.clean import _trafilatura_extract, extract_text
+    from raylm.data.readers import iter_warc
+
+    pages = []
+    for path in sorted(SAMPLE_CRAWL.glob("*.warc.gz")):
+        with gzip.open(path) as stream:
+            pages += [row["html"] for row in iter_warc(stream, str(path)) if row["html"]]
+    _trafilatura_extract()  # raylm's lookup in place
+    trafilatura.deduplication.LRU_TEST.clear()
+    ours = [extract_text(html) for html in pages]
+    HTML_PARSER.set_element_class_lookup(HtmlElementClassLookup())
+    try:
+        trafilatura.deduplication.LRU_TEST.clear()
+        stock = [extract_text(html) for html in pages]
+    finally:
+        _trafilatura_extract.cache_clear()
+        _trafilatura_extract()
+    assert len(pages) > 300 and sum(bool(text) for text in ours) > 300
+    assert ours == stock
