@@ -21,6 +21,17 @@ def quarter(task, reply: str) -> float:
     return 0.25
 
 
+def slow_verified(task, reply: str) -> float:
+    """The shipped reward, a quarter of a second later per reply: steps that outlast the learner-kill test's
+    poll (on a fast machine the whole 5-step run once ended between two polls, with no learner left to kill)."""
+    import time
+
+    from raylm.tasks import verified_reward
+
+    time.sleep(0.25)
+    return verified_reward(task, reply)
+
+
 def parity(task, reply: str) -> float:
     """Rewards that differ within a group (so every step trains), named as tests.rl.test_rl:parity."""
     return float(len(reply) % 2)
@@ -81,9 +92,9 @@ def test_a_dead_learner_is_restarted_from_the_saved_state(ray_session, policy):
 
     from raylm.rl.driver import run_rl
 
-    cfg = RlConfig(engine="torch", families=["compare"], steps=5, prompts_per_step=2, group_size=2,
-                   max_new_tokens=6, eval_every=5, eval_per_family=2, checkpoint_every=1, rollout_cpus=1,
-                   learner_cpus=1)
+    cfg = RlConfig(engine="torch", families=["compare"], reward="tests.rl.test_rl:slow_verified", steps=5,
+                   prompts_per_step=2, group_size=2, max_new_tokens=6, eval_every=5, eval_per_family=2,
+                   checkpoint_every=1, rollout_cpus=1, learner_cpus=1)
     storage = Storage(StorageConfig(uri=str(policy)))
     sft = StepResult(storage, "sft", {"config_hash": "sft", "metrics": {}}, skipped=True)
     result: dict = {}
