@@ -17,6 +17,7 @@ import hashlib
 import os
 import platform
 import secrets
+import time
 from pathlib import Path
 
 from raylm.config import RunConfig
@@ -24,6 +25,10 @@ from raylm.errors import InputError
 from raylm.storage import Storage
 
 TIMEOUT_S = 120
+# A node that was just replaced stays listed alive until the head's health checks give up on it (Ray's defaults:
+# up to about a minute); its probe fails at once, as a task pinned to a node that is gone. Such a node is given
+# this long to be declared dead before its failure counts.
+NODE_GONE_S = 90
 
 
 def _one_line(err: Exception) -> str:
@@ -104,8 +109,9 @@ def _forget(storage: Storage, folder: str, node_id: str) -> None:
 def _on_each_node(fn, nodes: list[dict], *args) -> dict[str, object]:
     """fn(*args, node_id) as a zero-CPU task pinned to every node; results keyed by node id.
 
-    A node that fails its task and is dead by then is left out: it left the cluster during the check (a
-    pod that crashed is listed alive until the head's health checks give up on it) and will run no work."""
+    A node that fails its task and is dead within NODE_GONE_S is left out: it left the cluster (a pod that
+    crashed, or was replaced, is listed alive until the head's health checks give up on it) and will run
+    no work."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -118,12 +124,17 @@ def _on_each_node(fn, nodes: list[dict], *args) -> dict[str, object]:
             results[node_id] = ray.get(ref, timeout=TIMEOUT_S)
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as err:
             results[node_id] = err
-    failed = [n for n, r in results.items() if isinstance(r, Exception)]
-    if failed:
+    failed = {n for n, r in results.items() if isinstance(r, Exception)}
+    deadline = time.time() + NODE_GONE_S
+    while failed:
         alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-        for node_id in (n for n in failed if n not in alive):
+        for node_id in failed - alive:
             print(f"[preflight] node {node_id[:12]} left the cluster during the check; skipped", flush=True)
             del results[node_id]
+        failed &= alive
+        if not failed or time.time() > deadline:
+            break
+        time.sleep(2)
     return results
 
 
