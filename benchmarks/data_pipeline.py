@@ -122,7 +122,7 @@ def bench_raylm(crawl: Path, work: Path) -> dict:
     import ray
 
     from raylm.config import StorageConfig
-    from raylm.data.filters import offline_url_filter
+    from raylm.data.url_filter import offline_url_filter
     from raylm.data.pipeline import clean_documents, run_data
     from raylm.data.readers import find_inputs
     from raylm.runs import run_step
@@ -153,7 +153,8 @@ def bench_datatrove(crawl: Path, work: Path) -> dict:
     from datatrove.pipeline.readers import WarcReader
     from datatrove.pipeline.writers import ParquetWriter
 
-    from raylm.data.filters import build_filters, offline_url_filter
+    from raylm.data.filters import build_filters
+    from raylm.data.url_filter import offline_url_filter
 
     files = sorted(crawl.glob("*.warc.gz"))
     tasks = min(len(files), NUM_CPUS)

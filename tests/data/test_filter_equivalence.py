@@ -22,7 +22,8 @@ from datatrove.utils.word_tokenizers import load_word_tokenizer
 
 from raylm.config import SAMPLE_CRAWL, FilterConfig
 from raylm.data.clean import extract_text
-from raylm.data.filters import TEXT_STEPS, CachedSpacyTokenizer, WordNgrams, build_filters, offline_url_filter
+from raylm.data.filters import TEXT_STEPS, CachedSpacyTokenizer, WordNgrams, build_filters
+from raylm.data.url_filter import offline_url_filter
 from raylm.data.readers import iter_warc
 
 LARGE_CRAWL = Path(__file__).parents[2] / "benchmarks" / "out" / "large-crawl"
