@@ -24,10 +24,13 @@ from raylm.tools.search import build_index
 from tests.tools.test_runner import scripted_model
 
 API_KEY = "test-key-123"
-# The answer is long enough (17 tokens) that it reaches a client in several chunks even when vLLM merges the
-# deltas of a few engine steps (it does when the replica reads later than the engine writes: a 5-token answer
-# once arrived whole).
-CALL, ANSWER = "search Veltrane", " It opened in 1873, after nine years of work by two hundred masons."
+# The answer is long (48 tokens) so that it reaches a client in several chunks even when vLLM merges the deltas
+# of the engine steps a busy replica did not read in time (a 5-token answer once arrived whole, and a 17-token
+# one once did during a full test run on 2 cores).
+CALL = "search Veltrane"
+ANSWER = (" It opened in 1873, after nine years of work by two hundred masons who cut each grey stone from quarries"
+          " upriver; crowds crossed singing on a cold bright morning while bells rang along both banks and children"
+          " threw flowers into the water below.")
 
 
 def free_port() -> int:
