@@ -126,12 +126,12 @@ def init_ray(cfg: RunConfig) -> None:
         start_local_ray(cfg.ray.num_cpus)
 
 
-def start_local_ray(num_cpus: int | None, log_to_driver: bool = True) -> None:
+def start_local_ray(num_cpus: int | None) -> None:
     """raylm's own local Ray: local_ray_env() and quiet worker logs. What `raylm` starts without a cluster,
     and what a benchmark measures raylm on (with Ray's bare defaults, Ray Data's shuffles restart worker
     processes between jobs: the data step's dedup stages took 30 s instead of 3)."""
     import ray
 
     apply_local_ray_env()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
+    ray.init(num_cpus=num_cpus, include_dashboard=False,
              runtime_env={"worker_process_setup_hook": "raylm.ray_setup.quiet_worker_logs"})
