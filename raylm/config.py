@@ -205,6 +205,9 @@ class SftConfig(TrainConfig):
     pretrain_weight: float = Field(1.0, gt=0, le=1, description="loss weight of each pretraining token against "
                                    "an assistant token's 1: below 1 the web text regularises without taking "
                                    "the conversations' share of the gradient")
+    calculator_share: float = Field(1.0, ge=0, le=1, description="share of arithmetic demonstrations that call "
+                                    "the calculator; the rest write the same lines mentally, so RL with `rl.tools` "
+                                    "can learn when the call pays (1: every one calls it)")
 
 
 class RlConfig(Strict):

@@ -13,12 +13,16 @@ Even with them, a model this size gets addition facts wrong (RL on mental steps 
 nanochat does for GSM8K: the model only picks the numbers and the operation, and
 copies the result it reads into the worked line. Eval, RL (`rl.tools`) and serving
 run the calculator inside the turn; `direct/arithmetic` still measures mental answers.
+`written_mentally` turns a task's calculator solution into the same worked lines without
+the calls: `sft.calculator_share` < 1 mixes such demonstrations in, so the SFT model only
+sometimes reaches for the calculator and RL with it in the rollouts has a choice to learn.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 
 from raylm.tasks import Task, extract_answer, numbers_equal
 from raylm.tasks.identity import random_system
@@ -71,6 +75,18 @@ def calculator_solution(steps: list[str], result: int) -> list[dict]:
                      {"role": "tool", "content": value}]
         written = f"{expression} = {value}\n"
     return messages + [{"role": "assistant", "content": f"{written}Answer: {result}"}]
+
+
+def written_mentally(task: Task) -> Task:
+    """The same task with its worked lines written without the calculator: each call's expression and
+    result become the line `a op b = c`, then `Answer: X`, in one assistant turn."""
+    calls = [m["tool_calls"][0]["function"]["arguments"] for m in task.solution if m.get("tool_calls")]
+    results = [m["content"] for m in task.solution if m["role"] == "tool"]
+    if not calls or len(calls) != len(results):
+        raise ValueError("written_mentally needs a calculator solution (a tool call and result per line)")
+    lines = [f"{args['expression']} = {value}" for args, value in zip(calls, results)]
+    return replace(task, solution=[{"role": "assistant", "content": "\n".join(lines) + f"\nAnswer: {task.answer}"}],
+                   uses_tools=False)
 
 
 def generate(rng: random.Random) -> Task:

@@ -16,7 +16,8 @@ pretraining *train* shards, trained on every token with loss weight
 `sft.pretrain_weight` (InstructGPT's PPO-ptx idea applied to SFT): without them
 SFT forgets the web (val bits per byte 2.2 -> 5.1, benchmarks/RESULTS.md). Val
 rows stay conversations only, and no val shard is ever read, so the eval's val
-bits per byte stays held out.
+bits per byte stays held out. With `sft.calculator_share` < 1 that share of the arithmetic
+demonstrations call the calculator and the rest do the sums mentally (RL then learns the choice).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 from raylm.config import SftConfig
 from raylm.model.hf import from_hf_config, save_pretrained
 from raylm.runs import StepResult, Work
-from raylm.tasks import generate_tasks
+from raylm.tasks import Task, generate_tasks
+from raylm.tasks.arithmetic import written_mentally
 from raylm.tasks.conversations import load_conversations
 from raylm.tokenizer.bpe import load
 from raylm.tokenizer.chat import ChatFormat
@@ -85,12 +87,20 @@ def train_shard_names(shards: dict) -> list[str]:
     return list(train)
 
 
+def with_calculator_share(tasks: list[Task], share: float, seed: int) -> list[Task]:
+    """Arithmetic tasks keep their calculator solution with probability `share`, else are written mentally
+    (seeded; at 1 the tasks come back unchanged)."""
+    rng = random.Random(f"{seed}-calculator")
+    return [written_mentally(t) if t.family == "arithmetic" and rng.random() >= share else t for t in tasks]
+
+
 def build_sft_data(cfg: SftConfig, tokenizer_dir: Path, out_dir: Path,
                    pretrain_shards: list[np.ndarray] | None = None) -> dict:
     """Render, split and pack the SFT conversations into out_dir/{train,val}.npz, adding
     `cfg.pretrain_mix` of the train rows from `pretrain_shards` (train shards only); returns counts."""
     chat = ChatFormat(load(tokenizer_dir))
-    conversations = [(t.family, t.conversation()) for t in generate_tasks(cfg.mix, cfg.data_seed)]
+    conversations = [(t.family, t.conversation()) for t in with_calculator_share(
+        generate_tasks(cfg.mix, cfg.data_seed), cfg.calculator_share, cfg.data_seed)]
     for path in cfg.conversations:
         conversations += [("jsonl", c) for c in load_conversations(path)]
     random.Random(cfg.data_seed).shuffle(conversations)

@@ -57,6 +57,24 @@ def test_worked_solutions_show_their_steps():
     assert all(t.solution[0]["tool_calls"] and t.solution[1]["role"] == "tool" for t in search)
 
 
+def test_calculator_share_writes_the_other_demonstrations_mentally():
+    from raylm.tasks.arithmetic import steps_hold
+    from raylm.train.sft import with_calculator_share
+
+    tasks = generate_tasks({"arithmetic": 400, "compare": 50}, 0)
+    assert with_calculator_share(tasks, 1.0, seed=1) == tasks
+    mixed = with_calculator_share(tasks, 0.25, seed=1)
+    assert [t.messages for t in mixed] == [t.messages for t in tasks]  # same questions, same order
+    mental = [(t, m) for t, m in zip(tasks, mixed) if m is not t]
+    assert all(t.family == "arithmetic" for t, _ in mental) and 0.65 < len(mental) / 400 < 0.85
+    for calculator, written in mental:  # one turn, no call: the calculator's lines, then the same answer
+        reply = written.solution[0]["content"]
+        assert len(written.solution) == 1 and not written.uses_tools and "tool_calls" not in written.solution[0]
+        assert reply.splitlines()[-2] == calculator.solution[-1]["content"].splitlines()[0]
+        assert check(written, reply) and steps_hold(written, reply) and len(reply.splitlines()) == 3
+    assert with_calculator_share(tasks, 0.25, seed=1) == mixed
+
+
 def test_jsonl_import_names_the_bad_line(tmp_path):
     good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
     path = tmp_path / "conversations.jsonl"
