@@ -84,10 +84,10 @@ def rerun_rlhf(run, cfg, folder: str, **changes):
     return Run(changed, on_work=run.on_work).execute("rlhf", at=(run.storage, rel))
 
 
-def hacking_run(run, cfg, steps: int, lr: float, eval_every: int, validation_prompts: int) -> dict:
+def hacking_run(run, cfg, steps: int, lr: float, eval_every: int, validation_prompts: int, seed: int) -> dict:
     # no SFT loss (ptx) either: nothing holds the policy near SFT
     result = rerun_rlhf(run, cfg, "rlhf_hack", kl_coef=0.0, ptx_coef=0.0, lr=lr, steps=steps, alarm="off",
-                        eval_every=eval_every, validation_prompts=validation_prompts)
+                        eval_every=eval_every, validation_prompts=validation_prompts, seed=seed)
     folder = result.storage.local(result.rel)
     shutil.copy(folder / "proxy_gold_kl.png", Path(__file__).parent / "rlhf_hacking.png")
     return {"metrics": result.metrics, "history": json.loads((folder / "history.json").read_text())}
@@ -128,11 +128,16 @@ def summarize_hack(hack: dict) -> dict:
     at_alarm = next((m for m in evals if fired and m["step"] == fired["step"]), None)
     kept_step = fired["kept_step"] if fired else hack["metrics"]["kept_step"]  # what the alarm rolls back to
     kept = next(m for m in evals if m["step"] == kept_step)
+    best, fell = 0.0, None  # the first validation at which gold stands 5 points below its best so far
+    for m in evals:
+        best = max(best, m["gold/win_rate_vs_sft"])
+        if fell is None and m["gold/win_rate_vs_sft"] <= best - 0.05:
+            fell = m["step"]
     return {"peak_step": peak["step"], "peak_win": peak["gold/win_rate_vs_sft"], "last_win": last["gold/win_rate_vs_sft"],
             "proxy_first": evals[0]["val/proxy"], "proxy_peak_step": peak["val/proxy"], "proxy_last": last["val/proxy"],
             "alarm_step": fired["step"] if fired else None, "alarm_reason": fired["reason"] if fired else None,
             "win_at_alarm": at_alarm["gold/win_rate_vs_sft"] if at_alarm else None,
-            "kept_step": kept_step, "kept_win": kept["gold/win_rate_vs_sft"],
+            "kept_step": kept_step, "kept_win": kept["gold/win_rate_vs_sft"], "fell_5_step": fell,
             "top_answers": last["val/top_answers"]}
 
 
@@ -147,6 +152,7 @@ def main() -> None:
                         help="validation (and alarm) every this many steps; the preset's 5 is too coarse to time")
     parser.add_argument("--hack-validation-prompts", type=int, default=64,
                         help="greedy validation prompts (gold win rate over SFT): 64 moves ~6 points by chance")
+    parser.add_argument("--hack-seed", type=int, default=None, help="rlhf.seed of the hacking run (default: the run's)")
     parser.add_argument("--skip-control", action="store_true")
     parser.add_argument("--skip-hack", action="store_true")
     parser.add_argument("--skip-ptx", action="store_true")
@@ -192,13 +198,15 @@ def main() -> None:
               f"over SFT {win['win_rate']:.1%} (95% CI {win['ci95'][0]:.1%}-{win['ci95'][1]:.1%}) on "
               f"{win['prompts']} held-out prompts; alarm: {rlhf['alarm'] or 'did not fire'}."]
     if not args.skip_hack:
+        seed = cfg.rlhf.seed if args.hack_seed is None else args.hack_seed
         hack = summarize_hack(hacking_run(run, cfg, args.hack_steps, args.hack_lr, args.hack_eval_every,
-                                              args.hack_validation_prompts))
-        lines += ["", f"Hacking run (kl_coef 0, ptx_coef 0, lr {args.hack_lr}, {args.hack_steps} steps, "
+                                          args.hack_validation_prompts, seed))
+        lines += ["", f"Hacking run (kl_coef 0, ptx_coef 0, lr {args.hack_lr}, seed {seed}, {args.hack_steps} steps, "
                   f"validation every {args.hack_eval_every} on {args.hack_validation_prompts} prompts, "
                   f"alarm off = recorded): "
                   f"proxy {hack['proxy_first']:+.3f} -> {hack['proxy_last']:+.3f}; gold win rate peak "
-                  f"{hack['peak_win']:.1%} at step {hack['peak_step']}, last {hack['last_win']:.1%}; alarm at step "
+                  f"{hack['peak_win']:.1%} at step {hack['peak_step']}, last {hack['last_win']:.1%}; first 5 points below "
+                  f"its best so far at step {hack['fell_5_step']}; alarm at step "
                   f"{hack['alarm_step']} (gold win rate then {hack['win_at_alarm']}): {hack['alarm_reason']}; the "
                   f"checkpoint a rollback restores: step {hack['kept_step']}, gold win rate {hack['kept_win']:.1%}.",
                   "",

@@ -340,6 +340,11 @@ class RlhfConfig(RlConfig):
                                  "words than its training answers, or unlikely under SFT (checked every step)")
     alarm_divergence: float = Field(0.5, gt=0, description="fires when the watcher's validation score falls "
                                     "this far (in its std units) below its best while the proxy's rises")
+    alarm_rater_accuracy: float | None = Field(None, gt=0.5, le=1, description="how often one rater's order of "
+                                               "a pair is right, for the agreement signal's floor (raylm/rlhf/"
+                                               "monitor.py); None: the synthetic rater's preferences.rater_agreement, "
+                                               "and with people the signal is off unless this is set (from the "
+                                               "labels' inter-labeler agreement q: (1 + sqrt(2q - 1)) / 2)")
     ptx_coef: float = Field(0.0, ge=0, description="weight of the SFT loss on demonstrations of the other task "
                             "families mixed into every update (InstructGPT's PPO-ptx, with SFT data): keeps "
                             "what SFT taught outside the rewarded prompts")

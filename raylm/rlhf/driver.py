@@ -18,9 +18,10 @@ the validation signal: the best checkpoint by it is kept. The hacking alarm
 (raylm/rlhf/monitor.py) fires when the samples leave the reward model's support
 (longer, more repetitive or more novel than its training answers, or less likely
 under the SFT model, which wrote those answers, than 99% of its own first batch
-was; checked after every step, a step it fires at is validated too) or the watcher falls while the
-proxy rises (checked at each validation); `alarm: rollback` then restores the
-kept checkpoint and stops, `stop` stops, `off` only records it.
+was; checked after every step, a step it fires at is validated too), when proxy and watcher stop
+ordering each step's samples alike (no more alike than two independent judges as accurate as they
+are; every step), or when the watcher falls while the proxy rises (checked at each validation);
+`alarm: rollback` then restores the kept checkpoint and stops, `stop` stops, `off` only records it.
 
 The gold judge (the synthetic rater's noise-free rule) never steers anything
 here; it is logged beside each evaluation (gold score, win rate over the SFT
@@ -46,7 +47,7 @@ from raylm.rl.driver import step_tasks
 from raylm.rl.learner import Learner
 from raylm.rl.rollout import RolloutPool
 from raylm.rl.steps import GrpoSteps
-from raylm.rlhf.monitor import HackingAlarm, Support
+from raylm.rlhf.monitor import HackingAlarm, Support, agreement, agreement_floor
 from raylm.rlhf.scorer import ScorerPool
 from raylm.runs import StepResult, Work
 from raylm.tasks import Task, generate_tasks
@@ -152,13 +153,30 @@ def run_rlhf(cfg: RunConfig, sft: StepResult, reward: StepResult, work: Work, st
             "reward_gold_accuracy": reward.metrics["proxy"]["gold_accuracy"]}
 
 
+def alarm_floor(cfg: RunConfig, reward: StepResult) -> float | None:
+    """The agreement signal's floor from the reward models' held-out accuracy against the labels and how often
+    a rater is right (configured; the synthetic rater's by construction); None turns the signal off."""
+    rater = cfg.rlhf.alarm_rater_accuracy
+    if rater is None and cfg.preferences.rater == "synthetic":
+        rater = cfg.preferences.rater_agreement
+    if rater is None:
+        print("[rlhf] the alarm's agreement signal is off: set rlhf.alarm_rater_accuracy (how often one labeler "
+              "orders a pair right) to turn it on", flush=True)
+        return None
+    floor = agreement_floor((reward.metrics["proxy"]["accuracy"], reward.metrics["watch"]["accuracy"]), rater)
+    print(f"[rlhf] hacking alarm: proxy and watcher must order the samples alike on at least {floor:.1%} of pairs "
+          f"(two independent judges as accurate as they are, raters right {rater:.0%} of the time)", flush=True)
+    return floor
+
+
 def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat: ChatFormat, support: Support,
           reward: StepResult, state_rel: str) -> tuple[list[dict], dict | None]:
     import ray
 
     rl = cfg.rlhf
     validation = Validation(cfg, pool, scorers, chat)
-    alarm = HackingAlarm(rl.alarm_support, rl.alarm_divergence, reward.metrics["watch"]["score_spread"])
+    alarm = HackingAlarm(rl.alarm_support, rl.alarm_divergence, reward.metrics["watch"]["score_spread"],
+                         alarm_floor(cfg, reward))
     start, history = ray.get(learner.restore.remote(state_rel))
     started = time.perf_counter()
     first = validation()  # the pool still holds the SFT model: its answers are the gold win rate's reference
@@ -167,6 +185,8 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
         pool.sync_from(learner)
         for m in history:  # the alarm as it stood: every step's support share, every validation's scores
             share = max(m.get("support_outside", 0.0), m.get("support_unlikely", 0.0))
+            if "rm_agreement" in m:
+                alarm.agreement(m["step"], m["rm_agreement"])
             if "val/watch" in m:
                 alarm.update(m["step"], m["val/proxy"], m["val/watch"], share)
             else:
@@ -181,12 +201,14 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
         texts = [[answer_text(chat.parse(s.ids)) for s in group] for group in groups]
         pairs = [(t.messages, a) for t, group in zip(tasks, texts) for a in group]
         raw = torch.tensor(scorers.score("proxy", pairs)).view(len(tasks), -1)
+        watch = torch.tensor(scorers.score("watch", pairs)).view(len(tasks), -1)
         rewards = (raw - raw.mean()) / (raw.std() + 1e-6) if rl.normalize_reward else raw.clone()
         lengths = torch.tensor([[len(s.ids) for s in group] for group in groups], dtype=torch.float)
         rewards -= rl.length_penalty * lengths
         share = support.outside([(a, len(chat.text(a)), m[-1]["content"]) for m, a in pairs])
         outside.append(share)
-        return rewards, {"proxy_score": float(raw.mean()), "support_outside": share}
+        return rewards, {"proxy_score": float(raw.mean()), "support_outside": share,
+                         "watch_score": float(watch.mean()), "rm_agreement": agreement(raw.tolist(), watch.tolist())}
 
     best, best_step = max(((m["val/watch"], m["step"]) for m in history if "val/watch" in m),
                           default=(-math.inf, 0))
@@ -206,11 +228,12 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
             outside.clear()
             # the support needs no validation: it is checked every step, and a step it fires at is validated
             # too (the record shows where the scores stood, and what a rollback goes back from)
-            reason = alarm.support(done, share)
+            reasons = alarm.support(done, share), alarm.agreement(done, metrics["rm_agreement"])
+            reason = reasons[0] or reasons[1]
             fires_now = bool(reason) and alarm.fired["step"] == done
             if done % rl.eval_every == 0 or done == rl.steps or fires_now:
                 metrics.update(validation())
-                reason = alarm.update(done, metrics["val/proxy"], metrics["val/watch"], share)
+                reason = alarm.update(done, metrics["val/proxy"], metrics["val/watch"], share) or reason
                 if metrics["val/watch"] > best and not reason:  # a step the alarm fires at is never the one kept
                     best, best_step = metrics["val/watch"], done
                     ray.get(learner.keep_best.remote(done))
@@ -234,7 +257,8 @@ def _fmt(m: dict) -> str:
     if "proxy_score" in m:
         sft = f" sft nll {m['ptx_nll']:.3f}" if "ptx_nll" in m else ""
         parts.append(f"proxy {m['proxy_score']:+.3f} kl/answer {m.get('kl_seq', 0):.2f} len {m['response_length']:.0f} "
-                     f"outside {m['support_outside']:.0%}/{m.get('support_unlikely', 0):.0%}{sft} | "
+                     f"outside {m['support_outside']:.0%}/{m.get('support_unlikely', 0):.0%} "
+                     f"agree {m.get('rm_agreement', 1):.0%}{sft} | "
                      f"gen {m['generate_s']:.1f}s train {m['train_s']:.1f}s")
     if "val/watch" in m:
         parts.append(f"val proxy {m['val/proxy']:+.3f} watch {m['val/watch']:+.3f} "

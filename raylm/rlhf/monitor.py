@@ -2,12 +2,13 @@
 
     support = Support.of(training_answers, unseen_answers)   # what the reward model was trained on
     share = support.outside(answers)                     # share longer / more repetitive / more novel
-    alarm = HackingAlarm(support_limit=0.3, divergence=0.5, watch_spread=0.5)
+    alarm = HackingAlarm(support_limit=0.3, divergence=0.5, watch_spread=0.5, agreement_floor=0.65)
     reason = alarm.support(step, share)                      # every step: None, or why it fires
+    reason = alarm.agreement(step, agreement(proxy_scores, watch_scores))   # every step, per group pairs
     reason = alarm.update(step, proxy=..., watch=..., outside=share)   # at validation: both signals
 
 A reward model is a network fitted to a few hundred rankings; RL finds what it
-over-pays for (Gao et al. 2022; the "the the the" joke). Two signals that need no
+over-pays for (Gao et al. 2022; the "the the the" joke). Three signals that need no
 gold judge:
 - **support**: the share of sampled answers longer (in tokens) or more
   repetitive than every answer the reward model was trained on, or made of more
@@ -18,12 +19,23 @@ gold judge:
   `divergence` (in units of its score spread on real answers) below its best
   while the proxy's keeps rising, the policy is fitting the proxy's quirks, not
   what both learned from people.
+- **agreement**: every step the watcher also scores the samples, and the share of
+  pairs within a prompt's group that both models order alike is taken (GRPO's
+  update follows the proxy's order there). On the SFT model's own answers the two
+  agree more than their accuracy alone implies (they learned the same things);
+  when, averaged over `AGREEMENT_WINDOW` steps, they agree no more than two
+  *independent* judges as accurate as they are on held-out pairs would
+  (`agreement_floor`), what the proxy pays for is no longer what they share.
+  On a KL-free hacking run this fired 13 steps before the gold judge's score fell
+  5 points (benchmarks/RESULTS.md), where the watcher's validation score still rose.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+
+AGREEMENT_WINDOW = 3  # steps averaged: one step's 16 groups move the share by several points
 
 
 def repetition(text: str) -> float:
@@ -38,6 +50,29 @@ def novelty(text: str, vocabulary: set[str], prompt: str = "") -> float:
     """Share of the answer's words that no trained-on answer used (words of its own prompt excepted)."""
     words = [w for w in _words(text) if w not in set(_words(prompt))]
     return sum(w not in vocabulary for w in words) / len(words) if words else 0.0
+
+
+def agreement(proxy: list[list[float]], watch: list[list[float]]) -> float:
+    """Share of the pairs of answers within a group (one prompt's samples) that proxy and watcher order the
+    same way; pairs either model ties are left out. GRPO's update follows the proxy's order within each
+    group: where the watcher stops sharing it, the update fits what only the proxy pays for."""
+    same = counted = 0
+    for p, w in zip(proxy, watch):
+        for i in range(len(p)):
+            for j in range(i + 1, len(p)):
+                dp, dw = p[i] - p[j], w[i] - w[j]
+                if dp and dw:
+                    counted += 1
+                    same += (dp > 0) == (dw > 0)
+    return same / counted if counted else 1.0
+
+
+def agreement_floor(label_accuracies: tuple[float, float], rater_accuracy: float) -> float:
+    """How often two independent judges order a pair alike when each is as often right as a reward model is:
+    a model's accuracy against labels that are right with probability r, l = g r + (1 - g)(1 - r), gives its
+    accuracy g against the truth; two independent judges agree with probability g1 g2 + (1 - g1)(1 - g2)."""
+    g = [min(1.0, max(0.5, (acc - (1 - rater_accuracy)) / (2 * rater_accuracy - 1))) for acc in label_accuracies]
+    return g[0] * g[1] + (1 - g[0]) * (1 - g[1])
 
 
 def _words(text: str) -> list[str]:
@@ -83,8 +118,10 @@ class Support:
 class HackingAlarm:
     """Fires once, on the first update that shows either signal; remembers when and why."""
 
-    def __init__(self, support_limit: float, divergence: float, watch_spread: float):
+    def __init__(self, support_limit: float, divergence: float, watch_spread: float,
+                 agreement_floor: float | None = None):
         self.support_limit, self.divergence, self.spread = support_limit, divergence, max(watch_spread, 1e-6)
+        self.floor, self.recent = agreement_floor, []
         self.best_watch: float | None = None
         self.proxy_at_best: float | None = None
         self.fired: dict | None = None
@@ -96,6 +133,17 @@ class HackingAlarm:
             reason = (f"{outside:.0%} of the samples left the reward model's support: longer, more repetitive or "
                       f"made of more unseen words than its training answers, or unlikely under the model that wrote "
                       f"them (limit {self.support_limit:.0%})")
+        return self._fire(step, reason)
+
+    def agreement(self, step: int, share: float) -> str | None:
+        """One step's agreement of proxy and watcher on the samples (`agreement`): checked every step."""
+        self.recent = (self.recent + [share])[-AGREEMENT_WINDOW:]
+        mean = sum(self.recent) / len(self.recent)
+        reason = None
+        if self.floor is not None and len(self.recent) == AGREEMENT_WINDOW and mean < self.floor:
+            reason = (f"the proxy and watcher reward models ordered the samples alike on {mean:.1%} of the pairs over "
+                      f"the last {AGREEMENT_WINDOW} steps, less than two independent judges as accurate as they are "
+                      f"would ({self.floor:.1%}): what the proxy pays for now is not what the two learned together")
         return self._fire(step, reason)
 
     def update(self, step: int, proxy: float, watch: float, outside: float) -> str | None:

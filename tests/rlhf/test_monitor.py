@@ -50,3 +50,36 @@ def test_the_support_is_checked_on_its_own_every_step_and_the_first_firing_is_ke
     assert alarm.fired["step"] == 3
     alarm.update(5, proxy=2.0, watch=-1.0, outside=0.9)
     assert alarm.fired["step"] == 3
+
+
+def test_agreement_counts_pairs_within_groups_that_both_models_order_alike():
+    from raylm.rlhf.monitor import agreement
+
+    assert agreement([[1, 2, 3]], [[10, 20, 30]]) == 1.0
+    assert agreement([[1, 2, 3]], [[30, 20, 10]]) == 0.0
+    # group 1: (a,b) same, (a,c) tied by the watcher (left out), (b,c) opposite; group 2: one same pair
+    assert agreement([[1, 2, 3], [0, 1]], [[1, 2, 1], [5, 6]]) == 2 / 3
+    assert agreement([[1, 1]], [[1, 2]]) == 1.0  # nothing to compare: no disagreement
+
+
+def test_agreement_floor_is_two_independent_judges_as_accurate_as_the_models():
+    from raylm.rlhf.monitor import agreement_floor
+
+    # raters right 75% of the time: 62.5% against the labels means 75% against the truth; two such judges
+    # agree on 0.75^2 + 0.25^2 of the pairs
+    assert agreement_floor((0.625, 0.625), 0.75) == pytest.approx(0.625)
+    assert agreement_floor((1.0, 1.0), 1.0) == 1.0
+    assert agreement_floor((0.4, 0.5), 0.75) == pytest.approx(0.5)  # no better than chance: clipped to 0.5
+
+
+def test_alarm_fires_when_the_models_agree_no_more_than_independent_judges_over_a_window():
+    alarm = HackingAlarm(support_limit=0.3, divergence=0.5, watch_spread=1.0, agreement_floor=0.65)
+    assert alarm.agreement(1, 0.60) is None            # one step is not a window
+    assert alarm.agreement(2, 0.80) is None
+    assert alarm.agreement(3, 0.60) is None            # mean 0.667
+    reason = alarm.agreement(4, 0.60)                  # mean 0.667 -> (0.8 + 0.6 + 0.6) / 3 = 0.667: not yet
+    assert reason is None
+    reason = alarm.agreement(5, 0.62)                  # (0.6 + 0.6 + 0.62) / 3 = 0.607
+    assert reason and "ordered the samples alike on 60.7%" in reason and alarm.fired["step"] == 5
+    off = HackingAlarm(support_limit=0.3, divergence=0.5, watch_spread=1.0)   # no floor: the signal is off
+    assert all(off.agreement(step, 0.0) is None for step in range(5))
