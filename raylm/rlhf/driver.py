@@ -234,7 +234,7 @@ def train(cfg: RunConfig, learner, pool: RolloutPool, scorers: ScorerPool, chat:
             if done % rl.eval_every == 0 or done == rl.steps or fires_now:
                 metrics.update(validation())
                 reason = alarm.update(done, metrics["val/proxy"], metrics["val/watch"], share) or reason
-                if metrics["val/watch"] > best and not reason:  # a step the alarm fires at is never the one kept
+                if metrics["val/watch"] > best and alarm.may_keep(done):
                     best, best_step = metrics["val/watch"], done
                     ray.get(learner.keep_best.remote(done))
                 if reason and alarm.fired["step"] == done:

@@ -133,7 +133,7 @@ class HackingAlarm:
             reason = (f"{outside:.0%} of the samples left the reward model's support: longer, more repetitive or "
                       f"made of more unseen words than its training answers, or unlikely under the model that wrote "
                       f"them (limit {self.support_limit:.0%})")
-        return self._fire(step, reason)
+        return self._fire(step, reason, "support")
 
     def agreement(self, step: int, share: float) -> str | None:
         """One step's agreement of proxy and watcher on the samples (`agreement`): checked every step."""
@@ -144,7 +144,7 @@ class HackingAlarm:
             reason = (f"the proxy and watcher reward models ordered the samples alike on {mean:.1%} of the pairs over "
                       f"the last {AGREEMENT_WINDOW} steps, less than two independent judges as accurate as they are "
                       f"would ({self.floor:.1%}): what the proxy pays for now is not what the two learned together")
-        return self._fire(step, reason)
+        return self._fire(step, reason, "agreement")
 
     def update(self, step: int, proxy: float, watch: float, outside: float) -> str | None:
         """The validation scores of proxy and watcher, and the support share of this step's samples."""
@@ -154,10 +154,17 @@ class HackingAlarm:
         fall = (self.best_watch - watch) / self.spread
         if reason is None and fall >= self.divergence and proxy > self.proxy_at_best:
             reason = self._fire(step, f"the watcher reward model's validation score fell {fall:.2f} spreads below "
-                                      f"its best while the proxy's rose ({self.proxy_at_best:.3f} -> {proxy:.3f})")
+                                      f"its best while the proxy's rose ({self.proxy_at_best:.3f} -> {proxy:.3f})",
+                                "divergence")
         return reason
 
-    def _fire(self, step: int, reason: str | None) -> str | None:
+    def _fire(self, step: int, reason: str | None, signal: str) -> str | None:
         if reason and self.fired is None:
-            self.fired = {"step": step, "reason": reason}
+            self.fired = {"step": step, "reason": reason, "signal": signal}
         return reason
+
+    def may_keep(self, step: int) -> bool:
+        """May the checkpoint of `step` be kept? Not once the alarm has fired, except at the step the agreement
+        signal fires: it looks ahead (the update has just begun to follow the proxy alone), while the support
+        and divergence signals see damage already done to the samples or the watcher's score."""
+        return self.fired is None or (self.fired["signal"] == "agreement" and self.fired["step"] == step)

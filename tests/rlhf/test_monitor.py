@@ -48,6 +48,7 @@ def test_the_support_is_checked_on_its_own_every_step_and_the_first_firing_is_ke
     assert alarm.support(1, 0.1) is None and alarm.fired is None
     assert "left the reward model's support" in alarm.support(3, 0.4)      # between two validations
     assert alarm.fired["step"] == 3
+    assert alarm.may_keep(2) is False and alarm.may_keep(3) is False   # the samples have already left
     alarm.update(5, proxy=2.0, watch=-1.0, outside=0.9)
     assert alarm.fired["step"] == 3
 
@@ -81,5 +82,6 @@ def test_alarm_fires_when_the_models_agree_no_more_than_independent_judges_over_
     assert reason is None
     reason = alarm.agreement(5, 0.62)                  # (0.6 + 0.6 + 0.62) / 3 = 0.607
     assert reason and "ordered the samples alike on 60.7%" in reason and alarm.fired["step"] == 5
+    assert alarm.may_keep(5) and not alarm.may_keep(6)  # it looks ahead: the step it fires at may still be kept
     off = HackingAlarm(support_limit=0.3, divergence=0.5, watch_spread=1.0)   # no floor: the signal is off
     assert all(off.agreement(step, 0.0) is None for step in range(5))
