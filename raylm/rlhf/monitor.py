@@ -26,8 +26,9 @@ gold judge:
   when, averaged over `AGREEMENT_WINDOW` steps, they agree no more than two
   *independent* judges as accurate as they are on held-out pairs would
   (`agreement_floor`), what the proxy pays for is no longer what they share.
-  On a KL-free hacking run this fired 13 steps before the gold judge's score fell
-  5 points (benchmarks/RESULTS.md), where the watcher's validation score still rose.
+  In two of three KL-free hacking runs it fired 13 and 4 steps before the gold
+  judge's score fell 5 points, while the watcher's validation score still rose; a
+  collapse within three steps it missed (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
