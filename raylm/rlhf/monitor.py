@@ -117,7 +117,7 @@ class Support:
 
 
 class HackingAlarm:
-    """Fires once, on the first update that shows either signal; remembers when and why."""
+    """Fires once, on the first update that shows any of the signals; remembers when, why and which."""
 
     def __init__(self, support_limit: float, divergence: float, watch_spread: float,
                  agreement_floor: float | None = None):
