@@ -27,7 +27,7 @@ from dataclasses import replace
 from raylm.tasks import Task, extract_answer, numbers_equal
 from raylm.tasks.identity import random_system
 from raylm.tasks.words import ITEMS, PEOPLE
-from raylm.tokenizer.chat import tool_call
+from raylm.tokenizer.chat import call_text, tool_call
 from raylm.tools.calculator import calculate
 
 
@@ -80,11 +80,11 @@ def calculator_solution(steps: list[str], result: int) -> list[dict]:
 def written_mentally(task: Task) -> Task:
     """The same task with its worked lines written without the calculator: each call's expression and
     result become the line `a op b = c`, then `Answer: X`, in one assistant turn."""
-    calls = [m["tool_calls"][0]["function"]["arguments"] for m in task.solution if m.get("tool_calls")]
+    expressions = [call_text(m["tool_calls"][0])[1] for m in task.solution if m.get("tool_calls")]
     results = [m["content"] for m in task.solution if m["role"] == "tool"]
-    if not calls or len(calls) != len(results):
+    if not expressions or len(expressions) != len(results):
         raise ValueError("written_mentally needs a calculator solution (a tool call and result per line)")
-    lines = [f"{args['expression']} = {value}" for args, value in zip(calls, results)]
+    lines = [f"{expression} = {value}" for expression, value in zip(expressions, results)]
     return replace(task, solution=[{"role": "assistant", "content": "\n".join(lines) + f"\nAnswer: {task.answer}"}],
                    uses_tools=False)
 
